@@ -1,0 +1,22 @@
+"""Label text corpora with BERT sequence classification and NER, in batch on Ray Data and online on Ray Serve."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.config import ConfigError, PipelineConfig
+
+__version__ = "0.1.0"
+__all__ = ["Annotator", "ConfigError", "PipelineConfig", "__version__"]
+
+if TYPE_CHECKING:
+    from pipeline.annotator import Annotator
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. for config validation) must not pull in torch.
+    if name == "Annotator":
+        from pipeline.annotator import Annotator
+
+        return Annotator
+    raise AttributeError(name)

@@ -1,0 +1,181 @@
+"""Typed configuration: one YAML file drives the batch job, the online API and the CLI.
+
+Unknown keys and bad values are rejected up front with the dotted key in the message,
+so a typo in a nightly config fails in the scheduler's log, not after an hour of GPU time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Aggregation = Literal["none", "simple", "first", "average", "max"]
+DType = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class S3Options(_Strict):
+    """How to reach S3 or an S3-compatible store. Credentials come from the usual AWS chain, never from here."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+
+
+class ModelSpec(_Strict):
+    source: str = Field(min_length=1, description="local dir, s3://bucket/prefix/ or a hub id")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    max_length: int = Field(512, ge=4, le=8192, description="tokens per window, special tokens included")
+    stride: int = Field(128, ge=0, description="tokens shared by neighbouring windows (overlap, not step)")
+    allow_pickle: bool = Field(False, description="allow pytorch_model.bin (pickle) weights")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> ModelSpec:
+        if self.stride >= self.max_length - 2:
+            raise ValueError(
+                f"stride ({self.stride}) must be smaller than max_length - 2 ({self.max_length - 2}): "
+                "it is the overlap between windows"
+            )
+        return self
+
+
+class ClassifierSpec(ModelSpec):
+    long_text: Literal["truncate", "mean"] = Field(
+        "truncate", description="truncate: first window (HF behaviour); mean: mean of window logits"
+    )
+    stride: int = Field(0, ge=0, description="window overlap, used when long_text is mean")
+    top_k: int | None = Field(None, ge=1, description="also return the top k labels with scores")
+    function_to_apply: Literal["default", "softmax", "sigmoid", "none"] = "default"
+
+
+class NerSpec(ModelSpec):
+    aggregation: Aggregation = "simple"
+    ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
+
+
+class ModelsConfig(_Strict):
+    classifier: ClassifierSpec | None = None
+    ner: NerSpec | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> ModelsConfig:
+        if self.classifier is None and self.ner is None:
+            raise ValueError("configure at least one of models.classifier and models.ner")
+        return self
+
+
+class RuntimeConfig(_Strict):
+    batch_size: int = Field(64, ge=1, le=4096, description="sequences per forward pass")
+    dtype: DType = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
+    max_chars: int = Field(10_000_000, ge=1, description="longer texts get a per-row error")
+    pad_multiple: int = Field(16, ge=1, le=512, description="padded lengths are multiples of this")
+
+
+class InputConfig(_Strict):
+    path: str = Field(min_length=1, description="Parquet file, directory, glob or s3:// prefix; {date} is filled")
+    text_column: str = "text"
+    id_column: str = "id"
+    columns: list[str] | None = Field(None, description="pass-through columns; default: all")
+    on_bad_file: Literal["fail", "skip"] = "fail"
+
+
+class OutputConfig(_Strict):
+    path: str = Field(min_length=1, description="output directory or s3:// prefix; {date} is filled")
+    min_rows_per_file: int = Field(10_000, ge=1)
+    max_rows_per_file: int = Field(200_000, ge=1)
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+    @model_validator(mode="after")
+    def _file_bounds(self) -> OutputConfig:
+        if self.min_rows_per_file > self.max_rows_per_file:
+            raise ValueError("min_rows_per_file must not exceed max_rows_per_file")
+        return self
+
+
+class PipelineConfig(_Strict):
+    models: ModelsConfig
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    s3: S3Options = Field(default_factory=S3Options)
+    input: InputConfig | None = None
+    output: OutputConfig | None = None
+    cache_dir: str | None = Field(None, description="model cache; default ~/.cache/bert-pipeline")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+        data = apply_overrides(data, overrides)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        try:
+            return cls.from_dict(data, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def config_hash(self) -> str:
+        """Stable short hash of the effective config, recorded in outputs for lineage."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML so numbers and nulls work."""
+    data = json.loads(json.dumps(data))  # deep copy, plain types only
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(f"{where}: {msg}")
+    return "invalid config: " + "; ".join(lines)

@@ -1,0 +1,176 @@
+"""Texts -> token streams with character offsets, and the windows models read them through.
+
+Each text is tokenized once, without special tokens; windows (`max_length` tokens with the
+model's special tokens, neighbours sharing `stride` tokens) are cut from that one stream by
+index arithmetic. The classifier and the NER model share the stream when their tokenizers
+are the same, whatever their max_length or stride. The windows equal Hugging Face's
+`return_overflowing_tokens=True, stride=S` windows token for token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One text tokenized once: token ids and [start, end) character offsets into the original string."""
+
+    ids: np.ndarray  # int32 [n]
+    offsets: np.ndarray  # int32 [n, 2]
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A document ready for inference: the stream(s) each model reads, or why there are none."""
+
+    cls: Tokens | None = None
+    ner: Tokens | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Framing:
+    """The special tokens a tokenizer puts around one sequence, and its padding id."""
+
+    prefix: np.ndarray
+    suffix: np.ndarray
+    pad_id: int
+
+    @property
+    def n_special(self) -> int:
+        return int(self.prefix.shape[0] + self.suffix.shape[0])
+
+    def frame(self, ids: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.prefix, ids, self.suffix])
+
+
+def framing_of(tokenizer: Any) -> Framing:
+    """Read the special-token template off the tokenizer itself, so any BERT-family model works."""
+    probe = "a"
+    inner = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    outer = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for i in range(len(outer) - len(inner) + 1):
+        if outer[i : i + len(inner)] == inner:
+            prefix, suffix = outer[:i], outer[i + len(inner) :]
+            break
+    else:  # pragma: no cover - no tokenizer we support does this
+        raise ValueError("cannot find the special-token template of this tokenizer")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Framing(np.asarray(prefix, np.int32), np.asarray(suffix, np.int32), int(pad))
+
+
+def window_spans(n_tokens: int, max_length: int, stride: int, n_special: int, first_only: bool) -> np.ndarray:
+    """[start, end) token spans of the windows over a stream of n_tokens content tokens.
+
+    Same windows as HF overflow: content length C = max_length - n_special, step C - stride,
+    the last window ends at the stream's end. An empty stream still gets one (empty) window.
+    """
+    content = max_length - n_special
+    if first_only or n_tokens <= content:
+        return np.array([[0, min(n_tokens, content)]], dtype=np.int64)
+    step = content - stride
+    n_windows = 1 + -(-(n_tokens - content) // step)  # ceil division
+    starts = np.arange(n_windows, dtype=np.int64) * step
+    ends = np.minimum(starts + content, n_tokens)
+    return np.stack([starts, ends], axis=1)
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when two fast tokenizers produce identical ids and offsets for every text."""
+    if a is b:
+        return True
+
+    def canonical(tok: Any) -> dict:
+        state = json.loads(tok.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return state
+
+    return canonical(a) == canonical(b)
+
+
+def text_error(text: object, max_chars: int) -> str | None:
+    """Why a value cannot be annotated, or None when it can."""
+    if text is None:
+        return "text is null"
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if len(text) > max_chars:
+        return f"text has {len(text)} characters, more than runtime.max_chars ({max_chars})"
+    return None
+
+
+class Tokenizer:
+    """Wraps one fast tokenizer: many texts in, one `Tokens` (or an error) per text out."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: list[str]) -> list[Tokens | str]:
+        if not texts:
+            return []
+        try:
+            return self._batch(texts)
+        except Exception:  # noqa: BLE001 - isolate the text that breaks the batch
+            out: list[Tokens | str] = []
+            for text in texts:
+                try:
+                    out.extend(self._batch([text]))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(f"tokenization failed: {type(exc).__name__}: {exc}")
+            return out
+
+    def _batch(self, texts: list[str]) -> list[Tokens | str]:
+        enc = self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        return [
+            Tokens(np.asarray(ids, dtype=np.int32), np.asarray(offs, dtype=np.int32).reshape(-1, 2))
+            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
+
+
+class Encoder:
+    """Tokenizes documents for the configured models, once per distinct tokenizer."""
+
+    def __init__(self, cls_tokenizer: Any | None, ner_tokenizer: Any | None, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.cls = Tokenizer(cls_tokenizer) if cls_tokenizer is not None else None
+        if ner_tokenizer is None:
+            self.ner = None
+        elif cls_tokenizer is not None and same_tokenizer(cls_tokenizer, ner_tokenizer):
+            self.ner = self.cls
+        else:
+            self.ner = Tokenizer(ner_tokenizer)
+
+    @property
+    def shared(self) -> bool:
+        return self.cls is not None and self.cls is self.ner
+
+    def encode(self, texts: Sequence[object]) -> list[Encoded]:
+        errors = [text_error(t, self.max_chars) for t in texts]
+        good = [i for i, e in enumerate(errors) if e is None]
+        good_texts = [texts[i] for i in good]  # type: ignore[misc]
+        cls_out = self.cls(good_texts) if self.cls is not None else None
+        ner_out = cls_out if self.shared else (self.ner(good_texts) if self.ner is not None else None)
+        out: list[Encoded] = [Encoded(error=e) for e in errors]
+        for j, i in enumerate(good):
+            c = cls_out[j] if cls_out is not None else None
+            n = ner_out[j] if ner_out is not None else None
+            err = next((x for x in (c, n) if isinstance(x, str)), None)
+            out[i] = Encoded(error=err) if err else Encoded(cls=c, ner=n)  # type: ignore[arg-type]
+        return out

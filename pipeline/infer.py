@@ -1,0 +1,204 @@
+"""The model runner shared by the Ray Data inference actor and the Serve model replica.
+
+Windows from many documents are pooled, sorted by length, run in fixed-size micro-batches
+padded only up to a multiple of `pad_multiple`, and scattered back in input order. A
+micro-batch that fails is retried one sequence at a time, so one poisoned input costs one
+row an error instead of failing its neighbours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.encode import Encoded, Framing, framing_of, window_spans
+
+if TYPE_CHECKING:
+    from pipeline.config import RuntimeConfig
+    from pipeline.models import LoadedModel, Task
+
+
+@dataclass
+class RunStats:
+    """Work counters: padding efficiency = real_tokens / padded_tokens."""
+
+    sequences: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    forward_s: float = 0.0
+
+    def add(self, other: RunStats) -> None:
+        for name in ("sequences", "batches", "real_tokens", "padded_tokens", "forward_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, float]:
+        eff = self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+        return {
+            "sequences": self.sequences,
+            "batches": self.batches,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "padding_efficiency": round(eff, 4),
+            "forward_s": round(self.forward_s, 3),
+        }
+
+
+class ModelRunner:
+    """Runs one model over many token sequences: length-sorted, fixed-size, lightly padded batches."""
+
+    def __init__(self, model: Any, *, batch_size: int, pad_id: int, pad_multiple: int, max_length: int) -> None:
+        import torch
+
+        self.model = model
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.pad_multiple = pad_multiple
+        self.max_length = max_length
+        self.device = next(model.parameters()).device
+        self.stats = RunStats()
+        self._torch = torch
+
+    def padded_length(self, longest: int) -> int:
+        m = self.pad_multiple
+        return min(-(-longest // m) * m, max(self.max_length, longest))
+
+    def run(self, seqs: list[np.ndarray]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Logits per sequence (fp32; [C] or [len, C]) in input order, and an error per sequence."""
+        n = len(seqs)
+        results: list[np.ndarray | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        if n == 0:
+            return results, errors
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")  # longest first: memory trouble shows up at once
+        for lo in range(0, n, self.batch_size):
+            idx = order[lo : lo + self.batch_size]
+            try:
+                outs = self._forward([seqs[i] for i in idx])
+            except Exception:  # noqa: BLE001 - isolate the culprit below
+                outs = []
+                for i in idx:
+                    try:
+                        outs.extend(self._forward([seqs[i]]))
+                    except Exception as exc:  # noqa: BLE001
+                        outs.append(None)
+                        errors[i] = f"inference failed: {type(exc).__name__}: {exc}"
+            for i, out in zip(idx, outs, strict=True):
+                results[i] = out
+        return results, errors
+
+    def _forward(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        lens = np.fromiter((len(s) for s in batch), dtype=np.int64, count=len(batch))
+        width = self.padded_length(int(lens.max()))
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = seq
+        mask = (np.arange(width)[None, :] < lens[:, None]).astype(np.int64)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=torch.from_numpy(ids).to(self.device, non_blocking=True),
+                attention_mask=torch.from_numpy(mask).to(self.device, non_blocking=True),
+            ).logits
+            out = logits.float().cpu().numpy()
+        self.stats.forward_s += time.perf_counter() - t0
+        self.stats.sequences += len(batch)
+        self.stats.batches += 1
+        self.stats.real_tokens += int(lens.sum())
+        self.stats.padded_tokens += ids.size
+        if out.ndim == 2:  # sequence classification: [B, C]
+            return list(out)
+        return [out[row, : lens[row]] for row in range(len(batch))]
+
+
+@dataclass
+class Inferred:
+    """Model outputs for one document. NER logits cover content tokens only, window after window."""
+
+    cls_logits: np.ndarray | None = None  # [C]
+    ner_spans: np.ndarray | None = None  # [W, 2] token spans into the NER stream
+    ner_logits: np.ndarray | None = None  # [sum of window lengths, C]
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class InferenceEngine:
+    """Turns encoded documents into per-document logits for every configured model."""
+
+    def __init__(self, models: dict[Task, LoadedModel], runtime: RuntimeConfig) -> None:
+        self.models = models
+        self.runners: dict[str, ModelRunner] = {}
+        self.framing: dict[str, Framing] = {}
+        for task, lm in models.items():
+            framing = framing_of(lm.tokenizer)
+            self.framing[task] = framing
+            self.runners[task] = ModelRunner(
+                lm.model,
+                batch_size=runtime.batch_size,
+                pad_id=framing.pad_id,
+                pad_multiple=runtime.pad_multiple,
+                max_length=lm.spec.max_length,
+            )
+
+    def stats(self) -> RunStats:
+        total = RunStats()
+        for runner in self.runners.values():
+            total.add(runner.stats)
+        return total
+
+    def infer(self, docs: list[Encoded]) -> list[Inferred]:
+        out = [Inferred(error=d.error) for d in docs]
+        if "classifier" in self.models:
+            self._classify(docs, out)
+        if "ner" in self.models:
+            self._tag(docs, out)
+        return out
+
+    def _windows(self, task: str, docs: list[Encoded], attr: str, first_only: bool):
+        spec = self.models[task].spec  # type: ignore[index]
+        framing = self.framing[task]
+        seqs: list[np.ndarray] = []
+        owners: list[tuple[int, np.ndarray]] = []  # (doc index, spans)
+        for i, d in enumerate(docs):
+            tokens = getattr(d, attr)
+            if d.error is not None or tokens is None:
+                continue
+            spans = window_spans(len(tokens), spec.max_length, spec.stride, framing.n_special, first_only)
+            owners.append((i, spans))
+            seqs.extend(framing.frame(tokens.ids[s:e]) for s, e in spans)
+        return seqs, owners, framing
+
+    def _classify(self, docs: list[Encoded], out: list[Inferred]) -> None:
+        spec = self.models["classifier"].spec  # type: ignore[index]
+        seqs, owners, _ = self._windows("classifier", docs, "cls", spec.long_text == "truncate")
+        logits, errors = self.runners["classifier"].run(seqs)
+        k = 0
+        for i, spans in owners:
+            w = len(spans)
+            err = next((e for e in errors[k : k + w] if e), None)
+            if err:
+                out[i].error = err
+            else:
+                out[i].cls_logits = np.mean(np.stack(logits[k : k + w]), axis=0)  # type: ignore[arg-type]
+            k += w
+
+    def _tag(self, docs: list[Encoded], out: list[Inferred]) -> None:
+        seqs, owners, framing = self._windows("ner", docs, "ner", False)
+        logits, errors = self.runners["ner"].run(seqs)
+        head, tail = framing.prefix.shape[0], framing.suffix.shape[0]
+        k = 0
+        for i, spans in owners:
+            w = len(spans)
+            err = next((e for e in errors[k : k + w] if e), None)
+            if err:
+                out[i].error = out[i].error or err
+            else:
+                parts = [lg[head : lg.shape[0] - tail] for lg in logits[k : k + w]]  # type: ignore[index]
+                out[i].ner_spans = spans
+                out[i].ner_logits = parts[0] if w == 1 else np.concatenate(parts)
+            k += w

@@ -1,0 +1,281 @@
+"""Find, fetch and load models safely, and pick the device and dtype they run in.
+
+A source is a local directory, an `s3://bucket/prefix/` (downloaded once per node into a
+cache keyed by the objects' ETags, under a file lock so concurrent workers share one copy),
+or a Hugging Face hub id. Weights load from safetensors only unless the model entry says
+`allow_pickle: true`; remote code never runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from filelock import FileLock
+
+from pipeline.config import ModelSpec, PipelineConfig, RuntimeConfig, S3Options
+from pipeline.storage import is_s3, s3_filesystem, strip_scheme
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Task = Literal["classifier", "ner"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+NEVER_FETCH = (".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found, fetched or loaded; the message names the source."""
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run model with everything the encode/infer/decode steps need to know about it."""
+
+    task: Task
+    spec: ModelSpec
+    path: Path
+    revision: str
+    tokenizer: Any
+    model: Any
+    id2label: dict[int, str]
+    config: Any = field(repr=False, default=None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "source": self.spec.source,
+            "revision": self.revision,
+            "labels": [self.id2label[i] for i in sorted(self.id2label)],
+            "max_length": self.spec.max_length,
+        }
+
+
+def default_cache_dir(cfg: PipelineConfig | None = None) -> Path:
+    if cfg is not None and cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    env = os.environ.get("BERT_PIPELINE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "bert-pipeline"
+
+
+def resolve_source(
+    spec: ModelSpec, s3: S3Options, cache_dir: Path
+) -> tuple[Path, str]:
+    """Turn a model source into a local directory and a revision string for lineage."""
+    source = spec.source
+    if is_s3(source):
+        return _fetch_s3(source, s3, cache_dir, spec.allow_pickle)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local, _local_fingerprint(local)
+    if local.exists():
+        raise ModelLoadError(f"model source {source!r} is a file; point it at the model directory")
+    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory {source!r} does not exist")
+    return _fetch_hub(source, spec.revision, spec.allow_pickle)
+
+
+def _wanted(name: str, allow_pickle: bool) -> bool:
+    lower = name.lower()
+    if lower.endswith(NEVER_FETCH):
+        return False
+    return allow_pickle or not lower.endswith(PICKLE_SUFFIXES)
+
+
+def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -> tuple[Path, str]:
+    fs = s3_filesystem(s3)
+    prefix = strip_scheme(source).rstrip("/")
+    try:
+        listing = fs.find(prefix, detail=True)
+    except Exception as exc:  # noqa: BLE001 - any S3 failure becomes one clear message
+        raise ModelLoadError(f"cannot list model source {source}: {type(exc).__name__}: {exc}") from None
+    objects = {
+        key[len(prefix) + 1:]: str(info.get("ETag") or info.get("etag") or info.get("size"))
+        for key, info in listing.items()
+        if info.get("type", "file") != "directory" and _wanted(key, allow_pickle)
+    }
+    objects = {k: v for k, v in objects.items() if k}
+    if "config.json" not in objects:
+        raise ModelLoadError(f"model source {source} has no config.json (found: {sorted(objects)[:10]})")
+    digest = hashlib.sha256(json.dumps([source, sorted(objects.items())]).encode()).hexdigest()[:20]
+    target = cache_dir / "s3" / digest
+    done = target / ".complete"
+    if done.exists():
+        return target, f"s3-etag:{digest}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=1800):
+        if done.exists():  # another process on this node fetched it while we waited
+            return target, f"s3-etag:{digest}"
+        tmp = target.parent / f"{digest}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel in sorted(objects):
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{prefix}/{rel}", str(dest))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        done.write_text(json.dumps({"source": source, "objects": objects}))
+    log.info("fetched model %s into %s", source, target)
+    return target, f"s3-etag:{digest}"
+
+
+def _fetch_hub(repo_id: str, revision: str | None, allow_pickle: bool) -> tuple[Path, str]:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - offline, missing, gated: same advice
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"could not load model {repo_id!r} from the Hugging Face hub ({reason}). "
+            "If the hub is unreachable from here, download the model once and set the "
+            "source to a local directory or an s3:// URI."
+        ) from None
+    return path, f"hub:{path.name}"
+
+
+def _local_fingerprint(path: Path) -> str:
+    """Cheap content fingerprint: config plus weight file names, sizes and mtimes."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors") or f.suffix in PICKLE_SUFFIXES):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+            if f.name == "config.json":
+                h.update(f.read_bytes())
+    return f"local:{h.hexdigest()[:16]}"
+
+
+def check_weights_safe(path: Path, allow_pickle: bool) -> None:
+    """Refuse pickle weights (arbitrary code on load) unless explicitly allowed."""
+    names = {f.name for f in path.iterdir() if f.is_file()}
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"model at {path} has only pickle weights ({', '.join(pickles)}); pickle can run code "
+            "on load. Convert them to safetensors, or set allow_pickle: true on this model entry "
+            "if you trust the source."
+        )
+    if not pickles:
+        raise ModelLoadError(f"model at {path} has no weights (*.safetensors)")
+
+
+def load_tokenizer(path: Path, source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load tokenizer of {source}: {type(exc).__name__}: {exc}") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(
+            f"tokenizer of {source} is a slow (Python) tokenizer; a fast tokenizer (tokenizer.json) "
+            "is required for character offsets"
+        )
+    return tok
+
+
+@cache
+def cpu_has_fast_bf16() -> bool:
+    """bf16 pays off on CPUs with AMX or AVX512-BF16; elsewhere it is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_device(runtime: RuntimeConfig) -> torch.device:
+    import torch
+
+    want = runtime.device
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn("device cuda requested but CUDA is not available; running on CPU", stacklevel=2)
+        return torch.device("cpu")
+    return torch.device(want)
+
+
+def choose_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype:
+    import torch
+
+    named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if runtime.dtype != "auto":
+        return named[runtime.dtype]
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def load_model(
+    task: Task,
+    spec: ModelSpec,
+    *,
+    s3: S3Options,
+    cache_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> LoadedModel:
+    """Resolve, check and load one model plus its tokenizer, ready for inference."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per weight file is noise in job logs
+    path, revision = resolve_source(spec, s3, cache_dir)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model source {spec.source} has no config.json")
+    check_weights_safe(path, spec.allow_pickle)
+    tokenizer = load_tokenizer(path, spec.source)
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read config of {spec.source}: {exc}") from None
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos and spec.max_length > max_pos:
+        raise ModelLoadError(
+            f"models.{task}.max_length is {spec.max_length} but {spec.source} has only {max_pos} positions"
+        )
+    auto = AutoModelForSequenceClassification if task == "classifier" else AutoModelForTokenClassification
+    try:
+        model = auto.from_pretrained(
+            str(path),
+            trust_remote_code=False,
+            use_safetensors=None if spec.allow_pickle else True,
+            dtype=dtype,
+            attn_implementation="sdpa",
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load {task} model from {spec.source}: {type(exc).__name__}: {exc}") from None
+    model.to(device).eval()
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    return LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=model.config)
+
+
+def load_models(cfg: PipelineConfig) -> dict[Task, LoadedModel]:
+    """Load every configured model on the device and dtype the runtime section asks for."""
+    device = choose_device(cfg.runtime)
+    dtype = choose_dtype(cfg.runtime, device)
+    cache_dir = default_cache_dir(cfg)
+    out: dict[Task, LoadedModel] = {}
+    for task in ("classifier", "ner"):
+        spec = getattr(cfg.models, task)
+        if spec is not None:
+            out[task] = load_model(task, spec, s3=cfg.s3, cache_dir=cache_dir, device=device, dtype=dtype)
+    return out

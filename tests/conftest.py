@@ -1,0 +1,163 @@
+"""Shared fixtures: small locally built models (real WordPiece tokenizer, random weights) and a varied corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pipeline.random_models import build_random_pair  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def varied_corpus() -> list[str]:
+    """Texts that hit the known traps: length, unicode normalisation, control chars, odd whitespace."""
+    long_words = " ".join(f"Word{i} Müller-Lüdenscheidt visited Zürich and São Paulo" for i in range(40))
+    return [
+        "Angela Merkel met Tim Cook in Berlin.",
+        "Apple Inc. opened a store on Fifth Avenue in New York City last Tuesday.",
+        "",
+        "   \t  \n ",
+        "İstanbul is lovely; İ lowercases to two code points.",
+        "The ﬁnal ﬂight of the ﬁrm was cancelled.",
+        "Cafe\u0301 and café and naïve coöperation.",
+        "Family: 👨‍👩‍👧‍👦 went to 🇫🇷 Paris with 👍🏽 emoji.",
+        "东京和北京是城市。Tokyo and Beijing are cities. 日本語のテキスト",
+        "Control\x00chars\x07here\x1b[0m and\u200bzero\u200dwidth\ufeffjoiners.",
+        "Windows\r\nline\r\nendings\r\nand\ttabs.",
+        "x" * 150 + " is one very long token, then Bob.",
+        "Literal [SEP] and [CLS] and [UNK] tokens in text.",
+        "Dr. Jean-Pierre O'Neil (CEO of Société Générale) said: \"Bonjour!\"",
+        long_words,
+        "Short.",
+        ("Barack Obama was born in Hawaii. " * 30).strip(),
+        "ÅÄÖ åäö ÆØÅ ß ẞ ŉ ǅ Ǆ ﬀ ﬃ ㎏ ① Ⅻ",
+        "a",
+        "\u0301\u0301 leading combining marks",
+    ]
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return varied_corpus()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """(classifier_dir, ner_dir): 2-layer BERTs with the MiniLM uncased WordPiece tokenizer."""
+    return build_random_pair(tmp_path_factory.mktemp("tiny"), hidden=64, layers=2, heads=4)
+
+
+@pytest.fixture(scope="session")
+def cased_ner(tmp_path_factory, tiny_models) -> Path:
+    """The tiny NER model with a different (cased, accent-keeping) tokenizer: forces a second tokenization."""
+    import shutil
+
+    src = tiny_models[1]
+    dst = tmp_path_factory.mktemp("cased") / "ner"
+    shutil.copytree(src, dst)
+    tj = json.loads((dst / "tokenizer.json").read_text())
+    tj["normalizer"]["lowercase"] = False
+    tj["normalizer"]["strip_accents"] = False
+    (dst / "tokenizer.json").write_text(json.dumps(tj))
+    tc = json.loads((dst / "tokenizer_config.json").read_text())
+    tc["do_lower_case"] = False
+    (dst / "tokenizer_config.json").write_text(json.dumps(tc))
+    return dst
+
+
+def tiny_config(cls: Path | None, ner: Path | None, **overrides) -> dict:
+    """A config dict for the tiny models; small windows so ordinary texts span several."""
+    models = {}
+    if cls is not None:
+        models["classifier"] = {"source": str(cls), "max_length": 32}
+    if ner is not None:
+        models["ner"] = {"source": str(ner), "max_length": 32, "stride": 8, "aggregation": "simple"}
+    cfg = {"models": models, "runtime": {"dtype": "fp32", "batch_size": 8, "num_threads": 1}}
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        target = cfg["runtime"] if section == "runtime" else models[section]
+        target[name] = value
+    return cfg
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint over HTTP: moto's server in a subprocess on 127.0.0.1."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ[key] = value
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def s3_client(s3_server):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+
+
+def upload_dir(client, local: Path, bucket: str, prefix: str) -> None:
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            client.upload_file(str(f), bucket, f"{prefix.rstrip('/')}/{f.relative_to(local).as_posix()}")
+
+
+def assert_rows_close(a: list[dict], b: list[dict], tol: float = 1e-4) -> None:
+    """Same labels, spans and errors; scores equal within tol (padding changes the last bits)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x["error"] == y["error"] and x["label"] == y["label"]
+        if x["label_score"] is not None or y["label_score"] is not None:
+            assert abs(x["label_score"] - y["label_score"]) <= tol
+        if x["entities"] is None or y["entities"] is None:
+            assert x["entities"] is None and y["entities"] is None
+            continue
+        assert [(e["label"], e["start"], e["end"], e["text"]) for e in x["entities"]] == [
+            (e["label"], e["start"], e["end"], e["text"]) for e in y["entities"]
+        ]
+        for e, f in zip(x["entities"], y["entities"], strict=True):
+            assert abs(e["score"] - f["score"]) <= tol
