@@ -32,7 +32,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def cmd_models_random(args: argparse.Namespace) -> int:
     from pipeline.random_models import build_random_pair
 
-    sizes = {"tiny": {"hidden": 64, "layers": 2, "heads": 4}, "base": {"hidden": 768, "layers": 12, "heads": 12}}
+    sizes = {
+        "tiny": {"hidden": 64, "layers": 2, "heads": 4},
+        "base": {"hidden": 768, "layers": 12, "heads": 12},
+    }
     cls, ner = build_random_pair(Path(args.out), **sizes[args.size])
     print(json.dumps({"classifier": str(cls), "ner": str(ner)}))
     return 0
@@ -48,14 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("config", help="YAML config file")
         else:
             p.add_argument("--config", "-c", required=True, help="YAML config file")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        p.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+        )
 
-    p = sub.add_parser("annotate", help="annotate texts given as arguments (or lines on stdin); prints JSON lines")
+    p = sub.add_parser(
+        "annotate", help="annotate texts given as arguments (or lines on stdin); prints JSON lines"
+    )
     with_config(p)
     p.add_argument("texts", nargs="*", help="texts; '-' or none reads stdin")
     p.set_defaults(func=cmd_annotate)
 
-    models = sub.add_parser("models", help="build models offline").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="build models offline").add_subparsers(
+        dest="models_command", required=True
+    )
     p = models.add_parser("random", help="random-weight classifier + NER pair (tests, benchmarks)")
     p.add_argument("--out", default="models/random")
     p.add_argument("--size", choices=["tiny", "base"], default="tiny")
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from pipeline.models import ModelLoadError
 

@@ -86,7 +86,9 @@ class RuntimeConfig(_Strict):
 
 
 class InputConfig(_Strict):
-    path: str = Field(min_length=1, description="Parquet file, directory, glob or s3:// prefix; {date} is filled")
+    path: str = Field(
+        min_length=1, description="Parquet file, directory, glob or s3:// prefix; {date} is filled"
+    )
     text_column: str = "text"
     id_column: str = "id"
     columns: list[str] | None = Field(None, description="pass-through columns; default: all")
@@ -176,6 +178,6 @@ def _explain(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         lines.append(f"{where}: {msg}")
     return "invalid config: " + "; ".join(lines)

@@ -95,7 +95,9 @@ class NerDecoder:
             self.token_len = np.array([len(t) if t is not None else -1 for t in vocab], dtype=np.int64)
 
     # -- per document -------------------------------------------------------------------
-    def decode(self, text: str, tokens: Tokens, spans: np.ndarray, logits: np.ndarray) -> list[dict[str, Any]]:
+    def decode(
+        self, text: str, tokens: Tokens, spans: np.ndarray, logits: np.ndarray
+    ) -> list[dict[str, Any]]:
         entities: list[dict[str, Any]] = []
         k = 0
         for s, e in spans:
@@ -107,7 +109,13 @@ class NerDecoder:
         for ent in entities:
             ent["text"] = text[ent["start"] : ent["end"]]
         return [
-            {"label": x["label"], "text": x["text"], "start": x["start"], "end": x["end"], "score": x["score"]}
+            {
+                "label": x["label"],
+                "text": x["text"],
+                "start": x["start"],
+                "end": x["end"],
+                "score": x["score"],
+            }
             for x in entities
         ]
 
@@ -164,7 +172,9 @@ class NerDecoder:
             score = tok_max[best]
         return label, score, starts[first], ends[last]
 
-    def _group(self, label: np.ndarray, score: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[dict]:
+    def _group(
+        self, label: np.ndarray, score: np.ndarray, starts: np.ndarray, ends: np.ndarray
+    ) -> list[dict]:
         """HF group_entities: a run continues while the tag stays the same and no B- starts."""
         tag = self.tag[label]
         opens = np.ones(len(label), dtype=bool)
@@ -213,7 +223,9 @@ class Decoder:
             row["labels"] = None
         return row
 
-    def decode(self, texts: Sequence[object], docs: list[Encoded], inferred: list[Inferred]) -> list[dict[str, Any]]:
+    def decode(
+        self, texts: Sequence[object], docs: list[Encoded], inferred: list[Inferred]
+    ) -> list[dict[str, Any]]:
         rows = []
         for text, doc, inf in zip(texts, docs, inferred, strict=True):
             if inf.error is not None:

@@ -50,7 +50,9 @@ class RunStats:
 class ModelRunner:
     """Runs one model over many token sequences: length-sorted, fixed-size, lightly padded batches."""
 
-    def __init__(self, model: Any, *, batch_size: int, pad_id: int, pad_multiple: int, max_length: int) -> None:
+    def __init__(
+        self, model: Any, *, batch_size: int, pad_id: int, pad_multiple: int, max_length: int
+    ) -> None:
         import torch
 
         self.model = model

@@ -70,9 +70,7 @@ def default_cache_dir(cfg: PipelineConfig | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bert-pipeline"
 
 
-def resolve_source(
-    spec: ModelSpec, s3: S3Options, cache_dir: Path
-) -> tuple[Path, str]:
+def resolve_source(spec: ModelSpec, s3: S3Options, cache_dir: Path) -> tuple[Path, str]:
     """Turn a model source into a local directory and a revision string for lineage."""
     source = spec.source
     if is_s3(source):
@@ -102,7 +100,7 @@ def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -
     except Exception as exc:  # noqa: BLE001 - any S3 failure becomes one clear message
         raise ModelLoadError(f"cannot list model source {source}: {type(exc).__name__}: {exc}") from None
     objects = {
-        key[len(prefix) + 1:]: str(info.get("ETag") or info.get("etag") or info.get("size"))
+        key[len(prefix) + 1 :]: str(info.get("ETag") or info.get("etag") or info.get("size"))
         for key, info in listing.items()
         if info.get("type", "file") != "directory" and _wanted(key, allow_pickle)
     }
@@ -234,7 +232,6 @@ def load_model(
 ) -> LoadedModel:
     """Resolve, check and load one model plus its tokenizer, ready for inference."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in job logs
@@ -262,7 +259,9 @@ def load_model(
             attn_implementation="sdpa",
         )
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {task} model from {spec.source}: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(
+            f"cannot load {task} model from {spec.source}: {type(exc).__name__}: {exc}"
+        ) from None
     model.to(device).eval()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     return LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=model.config)

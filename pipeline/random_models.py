@@ -10,8 +10,17 @@ from pathlib import Path
 
 TOPIC_LABELS = ["world", "sports", "business", "sci_tech"]
 NER_LABELS = [
-    "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
-    "B-WORK-OF-ART", "I-WORK-OF-ART",
+    "O",
+    "B-PER",
+    "I-PER",
+    "B-ORG",
+    "I-ORG",
+    "B-LOC",
+    "I-LOC",
+    "B-MISC",
+    "I-MISC",
+    "B-WORK-OF-ART",
+    "I-WORK-OF-ART",
 ]
 
 

@@ -33,7 +33,7 @@ def varied_corpus() -> list[str]:
         "Windows\r\nline\r\nendings\r\nand\ttabs.",
         "x" * 150 + " is one very long token, then Bob.",
         "Literal [SEP] and [CLS] and [UNK] tokens in text.",
-        "Dr. Jean-Pierre O'Neil (CEO of Société Générale) said: \"Bonjour!\"",
+        'Dr. Jean-Pierre O\'Neil (CEO of Société Générale) said: "Bonjour!"',
         long_words,
         "Short.",
         ("Barack Obama was born in Hawaii. " * 30).strip(),

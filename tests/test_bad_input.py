@@ -57,7 +57,9 @@ def test_one_megabyte_text_is_windowed_not_truncated(ann):
     assert all(text[e["start"] : e["end"]] == e["text"] for e in ents)
     starts = [e["start"] for e in ents]
     assert starts == sorted(starts)
-    assert all(a["end"] <= b["start"] for a, b in zip(ents, ents[1:])), "no overlapping entities after the merge"
+    assert all(a["end"] <= b["start"] for a, b in zip(ents, ents[1:], strict=False)), (
+        "no overlapping entities after the merge"
+    )
 
 
 class _Poisoned(torch.nn.Module):

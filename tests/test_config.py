@@ -54,7 +54,9 @@ def test_bad_keys_and_values_name_the_key(override, key):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = PipelineConfig.from_dict(BASE, ["runtime.batch_size=16", "models.classifier.top_k=null", "cache_dir=/x"])
+    cfg = PipelineConfig.from_dict(
+        BASE, ["runtime.batch_size=16", "models.classifier.top_k=null", "cache_dir=/x"]
+    )
     assert cfg.runtime.batch_size == 16 and cfg.models.classifier.top_k is None and cfg.cache_dir == "/x"
 
 

@@ -36,7 +36,9 @@ def test_reduced_precision_agrees_with_fp32(tiny_models, dtype):
     ref = Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models))).annotate(texts)
     low = Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models, runtime__dtype=dtype))).annotate(texts)
     label_rate, entity_rate = agreement(ref, low)
-    print(f"\n{dtype} vs fp32 on {len(texts)} rows: classification labels {label_rate:.1%}, "
-          f"entity F1 {entity_rate:.1%}")
+    print(
+        f"\n{dtype} vs fp32 on {len(texts)} rows: classification labels {label_rate:.1%}, "
+        f"entity F1 {entity_rate:.1%}"
+    )
     assert label_rate >= 0.95
     assert entity_rate >= 0.95

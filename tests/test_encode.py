@@ -35,7 +35,7 @@ def test_first_only_is_hf_truncation(tok):
     text = "one two three four five six seven eight nine ten"
     (doc,) = Encoder(tok, None, 10**6).encode([text])
     framing = framing_of(tok)
-    (s, e), = window_spans(len(doc.cls), 6, 0, 2, first_only=True)
+    ((s, e),) = window_spans(len(doc.cls), 6, 0, 2, first_only=True)
     assert framing.frame(doc.cls.ids[s:e]).tolist() == tok(text, truncation=True, max_length=6)["input_ids"]
 
 
