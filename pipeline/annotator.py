@@ -28,10 +28,7 @@ class Annotator:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg
         self.models = models if models is not None else load_models(cfg)
-        cls, ner = self.models.get("classifier"), self.models.get("ner")
-        self.encoder = Encoder(
-            cls.tokenizer if cls else None, ner.tokenizer if ner else None, cfg.runtime.max_chars
-        )
+        self.encoder = Encoder.for_models(self.models, cfg.runtime.max_chars)
         self.engine = InferenceEngine(self.models, cfg.runtime)
         self.decoder = Decoder(self.models)
 

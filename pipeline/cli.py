@@ -29,6 +29,67 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import batch
+    from pipeline.inputs import InputError
+    from pipeline.publish import OutputError
+
+    cfg = _load_config(args)
+    try:
+        report = batch.run(cfg, date=args.date, overwrite=args.overwrite, address=args.address)
+    except (InputError, OutputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.show and report.get("status") == "complete":
+        _show_rows(cfg, report, args.show)
+    return 0
+
+
+def _show_rows(cfg: PipelineConfig, report: dict, n: int) -> None:
+    """Print a few annotated rows of the output so a person can judge it at a glance."""
+    import pyarrow.parquet as pq
+
+    from pipeline.publish import Publisher
+    from pipeline.storage import arrow_filesystem
+
+    fs, root = arrow_filesystem(report["output"], cfg.s3)
+    files = Publisher(fs, root).data_files()
+    if not files:
+        return
+    with fs.open_input_file(files[0]) as f:
+        rows = pq.read_table(f).slice(0, n).to_pylist()
+    text_col, prefix = cfg.input.text_column, cfg.output.prefix  # type: ignore[union-attr]
+    print(f"\nfirst {len(rows)} rows of {files[0]}:")
+    for row in rows:
+        text = (row.get(text_col) or "").replace("\n", " ")
+        ents = row.get(f"{prefix}entities") or []
+        shown = ", ".join(f"{e['text']}/{e['label']}" for e in ents[:6]) + (" ..." if len(ents) > 6 else "")
+        score = row.get(f"{prefix}label_score")
+        print(f"- {text[:90]!r}{'...' if len(text) > 90 else ''}")
+        print(
+            f"    label={row.get(f'{prefix}label')}"
+            + (f" ({score:.2f})" if score is not None else "")
+            + f"  entities=[{shown}]"
+            + (f"  error={row[f'{prefix}error']}" if row.get(f"{prefix}error") else "")
+        )
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.submit import submit
+
+    _load_config(args)  # fail here, not on the cluster, on a bad config
+    _, status = submit(
+        args.address,
+        args.config,
+        date=args.date,
+        overrides=args.set or [],
+        overwrite=args.overwrite,
+        working_dir=args.working_dir,
+        wait=not args.no_wait,
+    )
+    return 0 if status in ("SUCCEEDED", "PENDING") else 1
+
+
 def cmd_models_random(args: argparse.Namespace) -> int:
     from pipeline.random_models import SIZES, build_random_pair
 
@@ -57,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("texts", nargs="*", help="texts; '-' or none reads stdin")
     p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("run", help="run the batch job (local Ray unless --address / RAY_ADDRESS)")
+    with_config(p, positional=True)
+    p.add_argument("--date", help="fills {date} in paths (default: yesterday, UTC)")
+    p.add_argument("--overwrite", action="store_true", help="redo a night that already completed")
+    p.add_argument("--address", help="Ray cluster address (default: ray.address, RAY_ADDRESS, or local)")
+    p.add_argument("--show", type=int, default=3, metavar="N", help="print N annotated output rows (0: none)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="submit the batch job to a Ray cluster (Job Submission API) and wait")
+    with_config(p, positional=True)
+    p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    p.add_argument("--date", help="fills {date} in paths (default: yesterday, UTC, on the cluster)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--working-dir", default=".", help="project directory shipped to the cluster")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.set_defaults(func=cmd_submit)
 
     models = sub.add_parser("models", help="build models offline").add_subparsers(
         dest="models_command", required=True

@@ -85,6 +85,19 @@ class RuntimeConfig(_Strict):
     pad_multiple: int = Field(16, ge=1, le=512, description="padded lengths are multiples of this")
 
 
+class RayConfig(_Strict):
+    """Where the batch job runs and how its stages share the cluster."""
+
+    address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS or a local instance")
+    infer_actors: int = Field(1, ge=1, description="size of the fixed inference actor pool")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs each inference actor reserves (1 on GPU nodes)")
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs each inference actor reserves")
+    cpus_per_task: float = Field(0.5, gt=0, description="CPUs each encode/decode task reserves")
+    docs_per_batch: int = Field(
+        256, ge=1, description="documents per stage call; more = tighter length sorting"
+    )
+
+
 class InputConfig(_Strict):
     path: str = Field(
         min_length=1, description="Parquet file, directory, glob or s3:// prefix; {date} is filled"
@@ -97,6 +110,7 @@ class InputConfig(_Strict):
 
 class OutputConfig(_Strict):
     path: str = Field(min_length=1, description="output directory or s3:// prefix; {date} is filled")
+    prefix: str = Field("", description="prefix for the added columns, if input columns clash with them")
     min_rows_per_file: int = Field(10_000, ge=1)
     max_rows_per_file: int = Field(200_000, ge=1)
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
@@ -112,6 +126,7 @@ class PipelineConfig(_Strict):
     models: ModelsConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     s3: S3Options = Field(default_factory=S3Options)
+    ray: RayConfig = Field(default_factory=RayConfig)
     input: InputConfig | None = None
     output: OutputConfig | None = None
     cache_dir: str | None = Field(None, description="model cache; default ~/.cache/bert-pipeline")

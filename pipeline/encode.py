@@ -157,6 +157,12 @@ class Encoder:
         else:
             self.ner = Tokenizer(ner_tokenizer)
 
+    @classmethod
+    def for_models(cls, models: dict, max_chars: int) -> Encoder:
+        """An encoder for whichever of the classifier and NER model are configured."""
+        c, n = models.get("classifier"), models.get("ner")
+        return cls(c.tokenizer if c else None, n.tokenizer if n else None, max_chars)
+
     @property
     def shared(self) -> bool:
         return self.cls is not None and self.cls is self.ner

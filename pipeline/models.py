@@ -49,7 +49,7 @@ class LoadedModel:
     path: Path
     revision: str
     tokenizer: Any
-    model: Any
+    model: Any  # None when loaded without weights (encode/decode workers)
     id2label: dict[int, str]
     config: Any = field(repr=False, default=None)
 
@@ -92,7 +92,8 @@ def _wanted(name: str, allow_pickle: bool) -> bool:
     return allow_pickle or not lower.endswith(PICKLE_SUFFIXES)
 
 
-def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -> tuple[Path, str]:
+def _s3_listing(source: str, s3: S3Options, allow_pickle: bool) -> tuple[Any, str, dict[str, str], str]:
+    """(filesystem, prefix, {relative key: ETag}, digest) of an s3:// model prefix."""
     fs = s3_filesystem(s3)
     prefix = strip_scheme(source).rstrip("/")
     try:
@@ -108,6 +109,21 @@ def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -
     if "config.json" not in objects:
         raise ModelLoadError(f"model source {source} has no config.json (found: {sorted(objects)[:10]})")
     digest = hashlib.sha256(json.dumps([source, sorted(objects.items())]).encode()).hexdigest()[:20]
+    return fs, prefix, objects, digest
+
+
+def source_revision(spec: ModelSpec, s3: S3Options) -> str:
+    """The revision string of a source without downloading it (for lineage on the driver)."""
+    if is_s3(spec.source):
+        return f"s3-etag:{_s3_listing(spec.source, s3, spec.allow_pickle)[3]}"
+    local = Path(spec.source).expanduser()
+    if local.is_dir():
+        return _local_fingerprint(local)
+    return f"hub:{spec.revision or 'main'}"
+
+
+def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -> tuple[Path, str]:
+    fs, prefix, objects, digest = _s3_listing(source, s3, allow_pickle)
     target = cache_dir / "s3" / digest
     done = target / ".complete"
     if done.exists():
@@ -227,11 +243,16 @@ def load_model(
     *,
     s3: S3Options,
     cache_dir: Path,
-    device: torch.device,
-    dtype: torch.dtype,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
-    """Resolve, check and load one model plus its tokenizer, ready for inference."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    """Resolve, check and load one model's tokenizer and config, and its weights when asked.
+
+    Encode and decode steps need only the tokenizer and labels (`weights=False`): CPU
+    workers never spend memory or time on weights they do not run.
+    """
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in job logs
@@ -249,32 +270,43 @@ def load_model(
         raise ModelLoadError(
             f"models.{task}.max_length is {spec.max_length} but {spec.source} has only {max_pos} positions"
         )
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    model = _load_weights(task, spec, path, device, dtype) if weights else None
+    return LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=config)
+
+
+def _load_weights(
+    task: Task, spec: ModelSpec, path: Path, device: torch.device | None, dtype: torch.dtype | None
+):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
     auto = AutoModelForSequenceClassification if task == "classifier" else AutoModelForTokenClassification
     try:
         model = auto.from_pretrained(
             str(path),
             trust_remote_code=False,
             use_safetensors=None if spec.allow_pickle else True,
-            dtype=dtype,
+            dtype=dtype or torch.float32,
             attn_implementation="sdpa",
         )
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(
             f"cannot load {task} model from {spec.source}: {type(exc).__name__}: {exc}"
         ) from None
-    model.to(device).eval()
-    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-    return LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=model.config)
+    return model.to(device or torch.device("cpu")).eval()
 
 
-def load_models(cfg: PipelineConfig) -> dict[Task, LoadedModel]:
+def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[Task, LoadedModel]:
     """Load every configured model on the device and dtype the runtime section asks for."""
-    device = choose_device(cfg.runtime)
-    dtype = choose_dtype(cfg.runtime, device)
+    device = choose_device(cfg.runtime) if weights else None
+    dtype = choose_dtype(cfg.runtime, device) if device is not None else None
     cache_dir = default_cache_dir(cfg)
     out: dict[Task, LoadedModel] = {}
     for task in ("classifier", "ner"):
         spec = getattr(cfg.models, task)
         if spec is not None:
-            out[task] = load_model(task, spec, s3=cfg.s3, cache_dir=cache_dir, device=device, dtype=dtype)
+            out[task] = load_model(
+                task, spec, s3=cfg.s3, cache_dir=cache_dir, device=device, dtype=dtype, weights=weights
+            )
     return out

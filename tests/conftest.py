@@ -10,6 +10,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Fake credentials for the moto S3 server, set before Ray starts so its workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from pipeline.random_models import build_random_pair  # noqa: E402
 
@@ -122,12 +127,6 @@ def s3_server():
                 proc.kill()
                 raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ[key] = value
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -161,3 +160,95 @@ def assert_rows_close(a: list[dict], b: list[dict], tol: float = 1e-4) -> None:
         ]
         for e, f in zip(x["entities"], y["entities"], strict=True):
             assert abs(e["score"] - f["score"]) <= tol
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real Ray cluster for the whole session: a head (2 CPUs, dashboard for the Jobs API)
+    and a worker node that declares a GPU it does not have (GPU scheduling on a CPU machine)."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    port = _free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        },
+    )
+    cluster.add_node(num_cpus=1, num_gpus=1)
+    ray.init(address=cluster.address)
+    yield SimpleNamespace(address=cluster.address, dashboard=f"http://127.0.0.1:{port}")
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def write_corpus(
+    directory: Path, n_files: int, rows_per_file: int, start_id: int = 0, seed: int = 0
+) -> list[int]:
+    """Parquet files with an id, a text column full of traps, and pass-through columns of several types."""
+    import datetime as dt
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    base = varied_corpus() + [None, "", "   "]
+    words = (
+        "Angela Merkel met Tim Cook in Berlin . Siemens and Apple signed a deal in Munich on Monday".split()
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = []
+    next_id = start_id
+    for f in range(n_files):
+        texts, rows = [], []
+        for _ in range(rows_per_file):
+            if rng.random() < 0.3:
+                texts.append(rng.choice(base))
+            else:
+                texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 120))))
+            rows.append(next_id)
+            next_id += 1
+        ids += rows
+        table = pa.table(
+            {
+                "id": pa.array(rows, pa.int64()),
+                "text": pa.array(texts, pa.string()),
+                "source": pa.array([f"feed-{i % 3}" for i in rows], pa.string()),
+                "ts": pa.array([dt.datetime(2026, 11, 28, i % 24) for i in rows], pa.timestamp("us")),
+                "tags": pa.array([[f"t{i % 5}"] * (i % 3) for i in rows], pa.list_(pa.string())),
+            }
+        )
+        pq.write_table(table, directory / f"part-{f:03d}.parquet")
+    return ids
+
+
+def batch_config(
+    cls: Path | None, ner: Path | None, in_path: str, out_path: str, cache: Path, **extra
+) -> dict:
+    cfg = tiny_config(cls, ner)
+    cfg["ray"] = {"infer_actors": 1, "cpus_per_actor": 0.5, "cpus_per_task": 0.25, "docs_per_batch": 64}
+    cfg["input"] = {"path": in_path}
+    cfg["output"] = {"path": out_path, "min_rows_per_file": 100, "max_rows_per_file": 150}
+    cfg["cache_dir"] = str(cache)
+    for key, value in extra.items():
+        section, _, name = key.partition("__")
+        cfg.setdefault(section, {})[name] = value
+    return cfg
+
+
+def read_output(path: Path) -> list[dict]:
+    """The published night's rows sorted by id (pyarrow skips _SUCCESS, _report.json, _staging)."""
+    import pyarrow.parquet as pq
+
+    return read_rows(pq.read_table(str(path)))
+
+
+def read_rows(table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda r: r["id"])

@@ -1,0 +1,264 @@
+"""The nightly batch job: Parquet in, enriched Parquet out, on Ray Data; resumable and staged.
+
+read_parquet -> encode (CPU tasks) -> infer (fixed actor pool, GPUs) -> decode (CPU tasks)
+-> write_parquet into a staging prefix under Ray Data's id checkpoint -> publish + _SUCCESS.
+A killed run started again with the same command resumes where it stopped; a completed
+night is left alone unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pipeline import __version__
+from pipeline.columns import output_fields
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.inputs import InputError, discover, inspect
+from pipeline.models import source_revision
+from pipeline.publish import SUCCESS, Publisher
+from pipeline.storage import arrow_filesystem, is_s3
+
+log = logging.getLogger(__name__)
+
+
+def yesterday_utc() -> str:
+    return (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
+
+
+def fill_date(path: str, date: str) -> str:
+    return path.replace("{date}", date)
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to the given cluster (or RAY_ADDRESS); otherwise start a local instance."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def lineage(cfg: PipelineConfig, date: str) -> dict[str, Any]:
+    """What produced this output: recorded in every file's metadata and in the report."""
+    models = {}
+    for task in ("classifier", "ner"):
+        spec = getattr(cfg.models, task)
+        if spec is not None:
+            models[task] = {"source": spec.source, "revision": source_revision(spec, cfg.s3)}
+    return {"models": models, "config_hash": cfg.config_hash(), "version": __version__, "date": date}
+
+
+def run(
+    cfg: PipelineConfig,
+    *,
+    date: str | None = None,
+    overwrite: bool = False,
+    address: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume, or skip) one night. Returns the run report."""
+    started = time.time()
+    if cfg.input is None or cfg.output is None:
+        raise ConfigError("the batch job needs the input and output sections")
+    date = date or yesterday_utc()
+    in_path, out_path = fill_date(cfg.input.path, date), fill_date(cfg.output.path, date)
+    in_fs, in_root = arrow_filesystem(in_path, cfg.s3)
+    out_fs, out_root = arrow_filesystem(out_path, cfg.s3)
+    pub = Publisher(out_fs, out_root)
+    if pub.complete() and not overwrite:
+        echo(
+            f"{out_path} is already complete ({SUCCESS} present): nothing to do. Use --overwrite to redo it."
+        )
+        return {**pub.report(), "status": "already_complete"}
+    if overwrite:
+        pub.clear()
+
+    text_col, id_col = cfg.input.text_column, cfg.input.id_column
+    inputs = inspect(discover(in_root, in_fs), in_fs, [text_col, id_col], cfg.input.on_bad_file)
+    for skipped in inputs.skipped:
+        echo(f"skipping bad input file {skipped['path']}: {skipped['reason']}")
+    columns = _columns(cfg, inputs.schema.names)
+    meta = lineage(cfg, date)
+    resumed = pub.begin({"config_hash": meta["config_hash"], "date": date, "input": in_path})
+    if resumed:
+        echo(f"resuming the unfinished run in {out_path}")
+
+    counts: dict[str, float] = {}
+    if not pub.written():
+        counts = _execute(cfg, inputs, in_fs, columns, meta, pub, out_fs, address or cfg.ray.address)
+        pub.mark_written()
+    wall = time.time() - started
+    report = _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed)
+    files = pub.data_files()
+    report["output_files"] = len(files)
+    report["output_rows"] = _count_rows(out_fs, files)
+    if report["output_rows"] != inputs.rows:
+        log.warning("output has %d rows but the input has %d", report["output_rows"], inputs.rows)
+    pub.publish(report)
+    echo(summary(report))
+    return report
+
+
+def _columns(cfg: PipelineConfig, available: list[str]) -> list[str]:
+    """Columns to read: the pass-through ones plus id and text; refuse clashes with output names."""
+    assert cfg.input is not None and cfg.output is not None
+    wanted = list(cfg.input.columns) if cfg.input.columns is not None else list(available)
+    for col in (cfg.input.id_column, cfg.input.text_column):
+        if col not in wanted:
+            wanted.append(col)
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise InputError(f"input.columns names {missing}, not in the input (columns: {', '.join(available)})")
+    top_k = cfg.models.classifier is not None and bool(cfg.models.classifier.top_k)
+    clash = [f.name for f in output_fields(cfg.output.prefix, top_k) if f.name in wanted]
+    if clash:
+        raise InputError(
+            f"input columns {clash} would be overwritten by the output; set output.prefix "
+            "(e.g. --set output.prefix=pred_) or drop them with input.columns"
+        )
+    return wanted
+
+
+def build_dataset(
+    cfg: PipelineConfig, files: list[str], fs: Any, columns: list[str], meta: dict, tally: str | None
+):
+    """The Ray Data graph, up to (not including) the write."""
+    import ray.data
+
+    from pipeline.stages import InferActor, decode_batch, encode_batch
+
+    assert cfg.input is not None
+    r = cfg.ray
+    conf = cfg.model_dump(mode="json")
+    text = cfg.input.text_column
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, partitioning=None)
+    # Blocks of one batch each (streaming, no shuffle): encode, infer and decode overlap
+    # and many CPU tasks share the tokenization instead of one task per big block.
+    ds = ds.repartition(target_num_rows_per_block=r.docs_per_batch)
+    ds = ds.map_batches(
+        encode_batch,
+        batch_format="pyarrow",
+        batch_size=r.docs_per_batch,
+        num_cpus=r.cpus_per_task,
+        fn_kwargs={"config": conf, "text_column": text},
+    )
+    ds = ds.map_batches(
+        InferActor,
+        batch_format="pyarrow",
+        batch_size=r.docs_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=r.infer_actors),
+        num_cpus=r.cpus_per_actor,
+        num_gpus=r.gpus_per_actor or None,
+        fn_constructor_kwargs={"config": conf, "tally": tally},
+    )
+    return ds.map_batches(
+        decode_batch,
+        batch_format="pyarrow",
+        batch_size=r.docs_per_batch,
+        num_cpus=r.cpus_per_task,
+        fn_kwargs={
+            "config": conf,
+            "text_column": text,
+            "prefix": cfg.output.prefix if cfg.output else "",
+            "metadata": json.dumps(meta),
+            "tally": tally,
+        },
+    )
+
+
+def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, address) -> dict[str, float]:
+    import ray
+    from ray.data import DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    from pipeline.tally import Tally
+
+    assert cfg.input is not None and cfg.output is not None
+    ensure_ray(address)
+    tally_name = f"bert-pipeline-tally-{uuid.uuid4().hex[:12]}"
+    tally = Tally.options(name=tally_name).remote()  # type: ignore[attr-defined]
+    ctx = DataContext.get_current()
+    previous = ctx.checkpoint_config
+    checkpoint_path = ("s3://" + pub.checkpoint) if is_s3(cfg.output.path) else pub.checkpoint
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column=cfg.input.id_column, checkpoint_path=checkpoint_path, override_filesystem=out_fs
+    )
+    try:
+        ds = build_dataset(cfg, inputs.files, in_fs, columns, meta, tally_name)
+        compression = None if cfg.output.compression == "none" else cfg.output.compression
+        ds.write_parquet(
+            pub.data,
+            filesystem=out_fs,
+            min_rows_per_file=cfg.output.min_rows_per_file,
+            max_rows_per_file=cfg.output.max_rows_per_file,
+            compression=compression,
+        )
+        return ray.get(tally.get.remote())
+    finally:
+        ctx.checkpoint_config = previous
+        ray.kill(tally)
+
+
+def _count_rows(fs: Any, files: list[str]) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in files:
+        with fs.open_input_file(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict[str, Any]:
+    docs = int(counts.get("documents", 0))
+    padded = int(counts.get("padded_tokens", 0))
+    tokens = int(counts.get("tokens", 0))
+    return {
+        "status": "complete",
+        "date": meta["date"],
+        "input": in_path,
+        "output": out_path,
+        "resumed": resumed,
+        "input_files": len(inputs.files),
+        "skipped_files": inputs.skipped,
+        "input_rows": inputs.rows,
+        "documents": docs,
+        "errors": int(counts.get("errors", 0)),
+        "windows": int(counts.get("windows", 0)),
+        "tokens": tokens,
+        "padded_tokens": padded,
+        "padding_efficiency": round(tokens / padded, 4) if padded else None,
+        "forward_s": round(counts.get("forward_s", 0.0), 2),
+        "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
+        "wall_s": round(wall, 2),
+        "docs_per_s": round(docs / wall, 2) if wall > 0 else None,
+        "models": meta["models"],
+        "config_hash": meta["config_hash"],
+        "version": meta["version"],
+    }
+
+
+def summary(report: dict[str, Any]) -> str:
+    eff = report.get("padding_efficiency")
+    lines = [
+        f"done: {report['documents']} documents this run ({report['errors']} with errors) in {report['wall_s']}s"
+        f" = {report['docs_per_s']} docs/s",
+        f"  windows {report['windows']}, tokens {report['tokens']}, padded {report['padded_tokens']}"
+        + (f" (padding efficiency {eff:.1%})" if eff else ""),
+        f"  output: {report['output']} ({report.get('output_files', '?')} files, "
+        f"{report.get('output_rows', '?')} rows; input rows {report['input_rows']})",
+    ]
+    if report["skipped_files"]:
+        lines.append(f"  skipped {len(report['skipped_files'])} bad input file(s): see _report.json")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""The three Ray Data stages of the batch job, as thin Arrow adapters over encode/infer/decode.
+
+Encode and decode run as CPU tasks (tokenizer and labels only, cached per worker process);
+infer runs in a fixed pool of actors that hold the weights. All three call the same code
+as `Annotator`, so batch output equals in-process output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.columns import (
+    CLS_IDS,
+    columns_to_encoded,
+    columns_to_inferred,
+    encoded_to_columns,
+    inferred_to_columns,
+    internal_columns,
+    replace_columns,
+    rows_to_columns,
+)
+from pipeline.config import PipelineConfig
+from pipeline.decode import Decoder
+from pipeline.encode import Encoder
+from pipeline.infer import InferenceEngine, RunStats
+from pipeline.models import LoadedModel, Task, load_models
+from pipeline.tally import report
+
+log = logging.getLogger(__name__)
+METADATA_KEY = b"bert_pipeline"
+_cache: dict[tuple[str, str], Any] = {}
+
+
+def _cached(kind: str, config: dict[str, Any], build):
+    cfg = PipelineConfig.model_validate(config)
+    key = (kind, cfg.config_hash())
+    if key not in _cache:
+        _cache[key] = build(cfg)
+    return _cache[key]
+
+
+def _light_models(cfg: PipelineConfig) -> dict[Task, LoadedModel]:
+    return load_models(cfg, weights=False)
+
+
+def encode_batch(table: pa.Table, *, config: dict[str, Any], text_column: str) -> pa.Table:
+    """CPU task: tokenize the text column once per distinct tokenizer."""
+    encoder: Encoder = _cached(
+        "encoder", config, lambda cfg: Encoder.for_models(_light_models(cfg), cfg.runtime.max_chars)
+    )
+    docs = encoder.encode(table.column(text_column).to_pylist())
+    return replace_columns(table, encoded_to_columns(docs, encoder.shared))
+
+
+class InferActor:
+    """GPU (or CPU) actor: holds the weights and runs the shared ModelRunner over each batch."""
+
+    def __init__(self, config: dict[str, Any], tally: str | None = None) -> None:
+        import ray
+        import torch
+
+        cfg = PipelineConfig.model_validate(config)
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        self.tally = tally
+        if ray.get_gpu_ids() and not torch.cuda.is_available():
+            log.warning("this actor was given a GPU but CUDA is not available here; running on CPU")
+            report(tally, {"cpu_fallback_actors": 1})
+        self.models = load_models(cfg)
+        self.engine = InferenceEngine(self.models, cfg.runtime)
+        log.info(
+            "inference actor ready on %s (pid %d)",
+            next(iter(self.engine.runners.values())).device,
+            os.getpid(),
+        )
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        before = RunStats()
+        before.add(self.engine.stats())
+        docs = columns_to_encoded(table, "classifier" in self.models, "ner" in self.models)
+        results = self.engine.infer(docs)
+        after = self.engine.stats()
+        report(
+            self.tally,
+            {
+                "windows": after.sequences - before.sequences,
+                "tokens": after.real_tokens - before.real_tokens,
+                "padded_tokens": after.padded_tokens - before.padded_tokens,
+                "forward_s": after.forward_s - before.forward_s,
+            },
+        )
+        drop = (CLS_IDS,) if CLS_IDS in table.column_names else ()
+        return replace_columns(table, inferred_to_columns(results), drop=drop)
+
+
+def decode_batch(
+    table: pa.Table,
+    *,
+    config: dict[str, Any],
+    text_column: str,
+    prefix: str = "",
+    metadata: str = "{}",
+    tally: str | None = None,
+) -> pa.Table:
+    """CPU task: logits -> label, label_score, entities, error; internal columns dropped."""
+    models: dict[Task, LoadedModel] = _cached("models", config, _light_models)
+    decoder: Decoder = _cached("decoder", config, lambda cfg: Decoder(models))
+    n_ner = len(models["ner"].id2label) if "ner" in models else 1
+    texts = table.column(text_column).to_pylist()
+    docs = columns_to_encoded(table, False, "ner" in models)  # decode reads only the NER stream
+    rows = decoder.decode(texts, docs, columns_to_inferred(table, n_ner))
+    top_k = decoder.cls is not None and bool(decoder.cls.top_k)
+    out = replace_columns(table, rows_to_columns(rows, prefix, top_k), drop=internal_columns(table))
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY] = metadata.encode()
+    report(tally, {"documents": len(rows), "errors": sum(r["error"] is not None for r in rows)})
+    return out.replace_schema_metadata(meta)

@@ -1,0 +1,173 @@
+"""The nightly batch job on a real Ray cluster: output, lineage, staging, idempotence, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import assert_rows_close, batch_config, read_output, read_rows, write_corpus
+
+from pipeline import Annotator, PipelineConfig, batch
+from pipeline.inputs import InputError
+from pipeline.publish import OutputError
+
+
+def _run(cfg: dict, **kw) -> dict:
+    return batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None, **kw)
+
+
+def _ids(rows: list[dict]) -> list[int]:
+    return [r["id"] for r in rows]
+
+
+def test_batch_output_equals_in_process_and_keeps_every_column(ray_cluster, tiny_models, tmp_path):
+    ids = write_corpus(tmp_path / "in", n_files=3, rows_per_file=120)
+    out = tmp_path / "out" / "dt={date}"
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
+    report = _run(cfg, date="2026-11-28")
+    night = tmp_path / "out" / "dt=2026-11-28"
+
+    assert report["status"] == "complete" and not report["resumed"]
+    assert report["documents"] == report["input_rows"] == report["output_rows"] == len(ids)
+    assert (night / "_SUCCESS").exists() and not (night / "_staging").exists()
+    assert json.loads((night / "_report.json").read_text())["output_rows"] == len(ids)
+    assert 0.3 < report["padding_efficiency"] <= 1 and report["windows"] >= len(ids)
+
+    rows = read_output(night)
+    assert _ids(rows) == sorted(ids), "every id exactly once"
+    src = read_rows(pq.read_table(str(tmp_path / "in")))
+    for col in ("id", "text", "source", "ts", "tags"):
+        assert [r[col] for r in rows] == [r[col] for r in src], col
+    assert list(rows[0]) == [
+        "id",
+        "text",
+        "source",
+        "ts",
+        "tags",
+        "label",
+        "label_score",
+        "entities",
+        "error",
+    ]
+
+    # same answers as the in-process Annotator (same encode/infer/decode code)
+    ann = Annotator(PipelineConfig.from_dict(batch_config(*tiny_models, "x", "y", tmp_path / "c")))
+    assert_rows_close(rows, ann.annotate([r["text"] for r in src]))
+    assert sum(r["error"] is not None for r in rows) == sum(r["text"] is None for r in src) > 0
+
+    # schema, lineage metadata and file sizes
+    files = sorted(night.glob("*.parquet"))
+    schema = pq.read_schema(files[0])
+    assert str(schema.field("entities").type) == (
+        "list<element: struct<label: string, text: string, start: int32, end: int32, score: float>>"
+    )
+    assert str(schema.field("label_score").type) == "float"
+    meta = json.loads(schema.metadata[b"bert_pipeline"])
+    assert meta["config_hash"] == PipelineConfig.from_dict(cfg).config_hash()
+    assert meta["models"]["ner"]["revision"].startswith("local:")
+    assert all(pq.ParquetFile(f).metadata.num_rows <= 150 for f in files)
+
+
+def test_completed_night_is_skipped_unless_overwrite(ray_cluster, tiny_models, tmp_path):
+    write_corpus(tmp_path / "in", n_files=1, rows_per_file=50)
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    assert _run(cfg)["status"] == "complete"
+    before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "out").iterdir()}
+    assert _run(cfg)["status"] == "already_complete"
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "out").iterdir()} == before
+    again = _run(cfg, overwrite=True)
+    assert again["status"] == "complete" and again["output_rows"] == 50
+    assert len(read_output(tmp_path / "out")) == 50
+
+
+def test_foreign_files_in_output_are_not_touched(ray_cluster, tiny_models, tmp_path):
+    write_corpus(tmp_path / "in", n_files=1, rows_per_file=10)
+    (tmp_path / "out").mkdir()
+    shutil.copy(next((tmp_path / "in").glob("*.parquet")), tmp_path / "out" / "old.parquet")
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    with pytest.raises(OutputError, match="--overwrite"):
+        _run(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"input__id_column": "doc_id"}, "'doc_id'"),
+        ({"input__text_column": "body"}, "'body'"),
+        ({"input__columns": ["nope"]}, "nope"),
+    ],
+)
+def test_wrong_columns_stop_before_any_work(tiny_models, tmp_path, override, message):
+    write_corpus(tmp_path / "in", n_files=1, rows_per_file=5)
+    cfg = batch_config(
+        *tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache", **override
+    )
+    with pytest.raises(InputError, match=message) as info:
+        _run(cfg)
+    assert "columns:" in str(info.value) or "not in the input" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_columns_must_not_clobber_input_columns(tiny_models, tmp_path):
+    import pyarrow as pa
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [1], "text": ["a"], "label": ["gold"]}), tmp_path / "in" / "a.parquet")
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    with pytest.raises(InputError, match="output.prefix"):
+        _run(cfg)
+
+
+def test_corrupt_file_fails_by_name_or_is_skipped_and_reported(ray_cluster, tiny_models, tmp_path):
+    ids = write_corpus(tmp_path / "in", n_files=2, rows_per_file=30)
+    (tmp_path / "in" / "part-bad.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    with pytest.raises(InputError, match="part-bad.parquet"):
+        _run(cfg)
+    cfg["input"]["on_bad_file"] = "skip"
+    report = _run(cfg)
+    assert [s["path"].rsplit("/", 1)[-1] for s in report["skipped_files"]] == ["part-bad.parquet"]
+    assert _ids(read_output(tmp_path / "out")) == sorted(ids)
+
+
+def test_gpu_actor_on_a_node_without_cuda_falls_back_to_cpu(ray_cluster, tiny_models, tmp_path):
+    ids = write_corpus(tmp_path / "in", n_files=1, rows_per_file=40)
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    cfg["ray"]["gpus_per_actor"] = 1  # only the worker node declares a GPU: the actor must land there
+    report = _run(cfg)
+    assert report["cpu_fallback_actors"] >= 1
+    assert _ids(read_output(tmp_path / "out")) == sorted(ids)
+
+
+def test_killed_inference_actor_loses_no_rows(ray_cluster, tiny_models, tmp_path):
+    import os
+    import signal
+
+    from ray.util.state import list_actors
+
+    ids = write_corpus(tmp_path / "in", n_files=4, rows_per_file=300)
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    cfg["ray"]["docs_per_batch"] = 16
+    result: dict = {}
+    job = threading.Thread(target=lambda: result.update(_run(cfg)))
+    job.start()
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and job.is_alive():
+        for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+            if "InferActor" in actor.class_name and actor.pid:
+                time.sleep(3)  # let it take some batches first
+                os.kill(actor.pid, signal.SIGKILL)
+                killed = actor.pid
+                break
+        time.sleep(0.5)
+    job.join(timeout=600)
+    assert killed is not None, "the inference actor was never seen"
+    assert result.get("status") == "complete"
+    assert _ids(read_output(tmp_path / "out")) == sorted(ids), (
+        "no row lost or written twice after the actor died"
+    )
