@@ -43,11 +43,9 @@ def submit(
 
     client = JobSubmissionClient(address)
     rel_config = Path(config)
-    if rel_config.is_absolute():
-        try:
-            rel_config = rel_config.relative_to(Path(working_dir).resolve())
-        except ValueError:
-            pass  # an absolute path outside the working dir must exist on the cluster as-is
+    if rel_config.is_absolute() and rel_config.is_relative_to(Path(working_dir).resolve()):
+        rel_config = rel_config.relative_to(Path(working_dir).resolve())
+    # an absolute path outside the working dir must exist on the cluster as-is
     job_id = client.submit_job(
         entrypoint=entrypoint(str(rel_config), date, overrides or [], overwrite),
         runtime_env={"working_dir": working_dir, "excludes": EXCLUDES},
