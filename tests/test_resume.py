@@ -30,8 +30,8 @@ def test_sigkilled_driver_resumes_where_it_stopped(ray_cluster, tiny_models, tmp
     ]
     cmd += ["--show", "0"]
 
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     staged = out / "_staging" / "data"
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
