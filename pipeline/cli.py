@@ -98,6 +98,15 @@ def cmd_models_random(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import build
+
+    kwargs = {"ner_steps": 120, "cls_steps": 60} if args.quick else {}
+    metrics = build(Path(args.out), progress=not args.no_progress, **kwargs)
+    print(json.dumps(metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -139,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="build models offline").add_subparsers(
         dest="models_command", required=True
     )
+    p = models.add_parser(
+        "demo", help="fine-tune the offline demo topic classifier + NER model (a few minutes)"
+    )
+    p.add_argument("--out", default="models/demo")
+    p.add_argument("--quick", action="store_true", help="fewer training steps (tests)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_models_demo)
     p = models.add_parser("random", help="random-weight classifier + NER pair (tests, benchmarks)")
     p.add_argument("--out", default="models/random")
     p.add_argument("--size", choices=["tiny", "minilm", "base"], default="tiny")
