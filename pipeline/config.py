@@ -82,7 +82,9 @@ class RuntimeConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
     max_chars: int = Field(10_000_000, ge=1, description="longer texts get a per-row error")
-    pad_multiple: int = Field(16, ge=1, le=512, description="padded lengths are multiples of this")
+    pad_multiple: int | None = Field(
+        None, ge=1, le=512, description="padded lengths are multiples of this; default 8 on CUDA, 1 on CPU"
+    )
 
 
 class RayConfig(_Strict):

@@ -1,7 +1,8 @@
 """The model runner shared by the Ray Data inference actor and the Serve model replica.
 
-Windows from many documents are pooled, sorted by length, run in fixed-size micro-batches
-padded only up to a multiple of `pad_multiple`, and scattered back in input order. A
+Windows from many documents are pooled, sorted by length, run in micro-batches of at most
+`batch_size` (cut early at big length jumps) padded only up to a multiple of `pad_multiple`
+(8 on CUDA, none on CPU), and scattered back in input order. A
 micro-batch that fails is retried one sequence at a time, so one poisoned input costs one
 row an error instead of failing its neighbours.
 """
@@ -47,26 +48,53 @@ class RunStats:
         }
 
 
+MIN_EFFICIENCY = 0.9  # real / padded tokens a batch may fall to before it is closed early
+MIN_TOKENS = 2048  # ... but only once it holds this much work (tiny batches waste the device)
+
+
 class ModelRunner:
     """Runs one model over many token sequences: length-sorted, fixed-size, lightly padded batches."""
 
     def __init__(
-        self, model: Any, *, batch_size: int, pad_id: int, pad_multiple: int, max_length: int
+        self, model: Any, *, batch_size: int, pad_id: int, pad_multiple: int | None, max_length: int
     ) -> None:
         import torch
 
         self.model = model
         self.batch_size = batch_size
         self.pad_id = pad_id
-        self.pad_multiple = pad_multiple
         self.max_length = max_length
         self.device = next(model.parameters()).device
+        # Tensor cores want multiples of 8; a CPU gains nothing from padding at all.
+        self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
         self.stats = RunStats()
         self._torch = torch
 
     def padded_length(self, longest: int) -> int:
         m = self.pad_multiple
         return min(-(-longest // m) * m, max(self.max_length, longest))
+
+    def plan(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+        """Cut length-sorted sequences into micro-batches of at most `batch_size`.
+
+        A batch also closes early when the next (shorter) sequence would push its padding
+        efficiency under MIN_EFFICIENCY, once it already holds MIN_TOKENS of work: at a
+        jump from 512-token windows to 40-token ones, the short ones start a batch of
+        their own instead of being padded to 512.
+        """
+        batches = []
+        n, i = len(order), 0
+        while i < n:
+            width = self.padded_length(int(sorted_lengths[i]))
+            total, j = int(sorted_lengths[i]), i + 1
+            while j < n and j - i < self.batch_size:
+                grown = total + int(sorted_lengths[j])
+                if grown < MIN_EFFICIENCY * (j - i + 1) * width and (j - i) * width >= MIN_TOKENS:
+                    break
+                total, j = grown, j + 1
+            batches.append(order[i:j])
+            i = j
+        return batches
 
     def run(self, seqs: list[np.ndarray]) -> tuple[list[np.ndarray | None], list[str | None]]:
         """Logits per sequence (fp32; [C] or [len, C]) in input order, and an error per sequence."""
@@ -77,8 +105,7 @@ class ModelRunner:
             return results, errors
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")  # longest first: memory trouble shows up at once
-        for lo in range(0, n, self.batch_size):
-            idx = order[lo : lo + self.batch_size]
+        for idx in self.plan(lengths[order], order):
             try:
                 outs = self._forward([seqs[i] for i in idx])
             except Exception:  # noqa: BLE001 - isolate the culprit below
