@@ -20,7 +20,10 @@ HAND_WRITTEN = [
     ("Angela Merkel met Tim Cook in Berlin to discuss investment in German factories.", "wire"),
     ("Lionel Messi scored twice as Inter Miami beat Orlando City 3-1 on Saturday night.", "wire"),
     ("Shares of Siemens rose 4% in Frankfurt after the company raised its full-year outlook.", "wire"),
-    ("Researchers at ETH Zürich unveiled a solar cell that keeps 90% of its efficiency after ten years.", "blog"),
+    (
+        "Researchers at ETH Zürich unveiled a solar cell that keeps 90% of its efficiency after ten years.",
+        "blog",
+    ),
     ("Ngozi Okonjo-Iweala warned in Geneva that trade tensions could slow global growth.", "wire"),
     ("Naomi Osaka withdrew from the tournament in Melbourne with a wrist injury.", "wire"),
     ("Toyota and Panasonic will build a battery plant near Ōsaka, the companies said on Monday.", "wire"),
@@ -30,7 +33,10 @@ HAND_WRITTEN = [
     ("São Paulo's mayor announced free buses on Sundays. 👍🏽 Riders cheered the decision.", "social"),
     ("东京 and 北京 signed a cultural exchange deal; Yuki Tanaka led the Japanese delegation.", "wire"),
     ("Björn Müller-Lüdenscheidt, CEO of Nordlicht Energy, resigned after the audit.", "wire"),
-    ("Breaking:\r\nFloods hit Jakarta overnight.\r\nOfficials urged residents to move to higher ground.", "wire"),
+    (
+        "Breaking:\r\nFloods hit Jakarta overnight.\r\nOfficials urged residents to move to higher ground.",
+        "wire",
+    ),
     ("Priya Raman joined Nvidia as head of research in Bangalore.", "blog"),
     ("NASA confirmed the launch window; astronauts will fly to the station in March.", "blog"),
     ("The match between Real Madrid and Bayern Munich ended 2-2 after a late penalty.", "wire"),
@@ -53,7 +59,10 @@ HAND_WRITTEN = [
 ]
 
 
-def main(path: Path = Path(__file__).with_name("sample.parquet")) -> None:
+SAMPLE = Path(__file__).with_name("sample.parquet")
+
+
+def main(path: Path = SAMPLE) -> None:
     rng = random.Random(2026)
     fillers = Fillers(seed=2026, per_locale=30)
     texts: list[str | None] = [t for t, _ in HAND_WRITTEN]
