@@ -90,6 +90,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0 if status in ("SUCCEEDED", "PENDING") else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.batch import ensure_ray
+    from pipeline.serve import start
+
+    cfg = _load_config(args)
+    ensure_ray(args.address or cfg.ray.address)
+    start(cfg, blocking=True)
+    return 0
+
+
 def cmd_models_random(args: argparse.Namespace) -> int:
     from pipeline.random_models import SIZES, build_random_pair
 
@@ -144,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-dir", default=".", help="project directory shipped to the cluster")
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "serve", help="serve the models over HTTP with Ray Serve (default http://127.0.0.1:8000)"
+    )
+    with_config(p, positional=True)
+    p.add_argument("--address", help="Ray cluster address (default: ray.address, RAY_ADDRESS, or local)")
+    p.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="build models offline").add_subparsers(
         dest="models_command", required=True

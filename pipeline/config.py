@@ -124,6 +124,51 @@ class OutputConfig(_Strict):
         return self
 
 
+class DeploymentOptions(_Strict):
+    """Ray Serve knobs of one deployment; `autoscaling` replaces a fixed `num_replicas`."""
+
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: dict[str, Any] | None = Field(
+        None, description="Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4}"
+    )
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(512, ge=-1, description="-1: unbounded; beyond it callers get 503/429")
+
+
+class ServeConfig(_Strict):
+    """The online API: limits, auth, batching and the two deployments."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    app_name: str = "bert-pipeline"
+    api_keys: list[str] = Field(
+        default_factory=list, description="accepted Bearer keys (prefer api_keys_env)"
+    )
+    api_keys_env: str = Field(
+        "BERT_PIPELINE_API_KEYS", description="env var (on the serving nodes) with more comma-separated keys"
+    )
+    max_texts: int = Field(64, ge=1, description="texts per request")
+    max_chars: int = Field(100_000, ge=1, description="characters per text")
+    max_body_bytes: int = Field(10_000_000, ge=1)
+    max_batch_size: int | None = Field(
+        None, ge=1, description="documents per dynamic batch; default runtime.batch_size"
+    )
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    retry_after_s: int = Field(1, ge=0)
+    backpressure_status: Literal[503, 429] = 503
+    ingress: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            num_cpus=0.5, max_ongoing_requests=256, max_queued_requests=1024
+        )
+    )
+    model: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=1, max_ongoing_requests=128)
+    )
+
+
 class PipelineConfig(_Strict):
     models: ModelsConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -131,6 +176,7 @@ class PipelineConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     input: InputConfig | None = None
     output: OutputConfig | None = None
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     cache_dir: str | None = Field(None, description="model cache; default ~/.cache/bert-pipeline")
 
     @classmethod

@@ -16,6 +16,8 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# An API key that the serving nodes hold in their environment (read by the replicas).
+os.environ["TEST_SERVE_API_KEYS"] = "env-key-2, env-key-3"
 # Job entrypoints say `python`: make that this interpreter, as an activated venv would.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
@@ -255,3 +257,37 @@ def read_output(path: Path) -> list[dict]:
 
 def read_rows(table) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["id"])
+
+
+@pytest.fixture(scope="session")
+def serve_base(ray_cluster):
+    """Ray Serve's HTTP proxy on 127.0.0.1 (one per session); apps are deployed under route prefixes."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def deploy(cfg_dict: dict, name: str, prefix: str, base: str, timeout: float = 180) -> str:
+    """Deploy the app for a config and wait until /healthz answers; return its base URL."""
+    import time
+
+    import httpx
+    from ray import serve
+
+    from pipeline import PipelineConfig
+    from pipeline.serve import build_app
+
+    serve.run(build_app(PipelineConfig.from_dict(cfg_dict)), name=name, route_prefix=prefix, blocking=False)
+    url = base + prefix
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} did not become healthy")

@@ -1,0 +1,372 @@
+"""The online API on Ray Serve: the batch job's encode / infer / decode behind HTTP.
+
+    HTTP -> Ingress (CPU: limits, auth, encode, decode) -> Model (GPU: @serve.batch infer)
+
+The Model deployment wraps the same `InferenceEngine` / `ModelRunner` as the batch job's
+actors; the Ingress uses the same `Encoder` and `Decoder`. A text gets the same answer
+online as in last night's output. Dynamic batching merges concurrent requests into shared
+forward passes; queues are bounded, and beyond them clients get 503 (or 429) with
+Retry-After instead of a hang.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the route annotations at runtime.
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pipeline import __version__
+from pipeline.config import DeploymentOptions, PipelineConfig
+from pipeline.decode import Decoder
+from pipeline.encode import Encoded, Encoder
+from pipeline.infer import InferenceEngine, Inferred
+from pipeline.models import load_models
+
+log = logging.getLogger(__name__)
+TASKS = {"annotate": ("classifier", "ner"), "classify": ("classifier",), "ner": ("ner",)}
+
+
+# -- request / response schema (also what /docs shows) --------------------------------------
+class AnnotateRequest(BaseModel):
+    texts: list[str | None] = Field(
+        min_length=1, description="texts to annotate; null gives a per-item error"
+    )
+
+
+class Entity(BaseModel):
+    label: str
+    text: str = Field(description="exactly input[start:end]")
+    start: int
+    end: int
+    score: float
+
+
+class TopLabel(BaseModel):
+    label: str
+    score: float
+
+
+class Result(BaseModel):
+    """One text's result: the same fields and values as one row of the batch output."""
+
+    label: str | None
+    label_score: float | None
+    labels: list[TopLabel] | None = Field(None, description="only when models.classifier.top_k is set")
+    entities: list[Entity] | None
+    error: str | None
+
+
+class AnnotateResponse(BaseModel):
+    results: list[Result]
+    model: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+api = FastAPI(
+    title="bert-pipeline",
+    version=__version__,
+    description="BERT topic classification and NER; same models and answers as the nightly batch job.",
+)
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503)}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": AnnotateRequest.model_json_schema()}},
+    }
+}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+def api_keys(cfg: PipelineConfig) -> list[str]:
+    env = [k.strip() for k in os.environ.get(cfg.serve.api_keys_env, "").split(",") if k.strip()]
+    return list(cfg.serve.api_keys) + env
+
+
+# -- model deployment -----------------------------------------------------------------------
+class Model:
+    """Holds the weights; merges concurrent requests into shared forward passes."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import torch
+        from ray.serve.metrics import Counter as MetricCounter
+        from ray.serve.metrics import Histogram
+
+        cfg = PipelineConfig.model_validate(config)
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        self.models = load_models(cfg)
+        self.engine = InferenceEngine(self.models, cfg.runtime)
+        self.max_batch = cfg.serve.max_batch_size or cfg.runtime.batch_size
+        self.infer.set_max_batch_size(self.max_batch)
+        self._lock = asyncio.Lock()  # one forward pass at a time on this replica
+        self.infer.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
+        self.batch_sizes: Counter[int] = Counter()
+        self._batch_hist = Histogram(
+            "bert_pipeline_batch_documents",
+            description="documents per dynamic batch (forward pass group) on the model deployment",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+        )
+        self._batches = MetricCounter("bert_pipeline_batches_total", description="dynamic batches run")
+        self._probe = Encoder.for_models(self.models, 1000).encode(["health check"])
+        device = next(iter(self.engine.runners.values())).device
+        dtype = next(iter(self.models.values())).model.dtype
+        self.device = f"{device} {str(dtype).replace('torch.', '')}"
+
+    @serve.batch(
+        max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(len(i) for i in items)
+    )
+    async def infer(self, requests: list[list[Encoded]]) -> list[list[Inferred]]:
+        docs = [d for r in requests for d in r]
+        self.batch_sizes[len(docs)] += 1
+        self._batch_hist.observe(len(docs))
+        self._batches.inc()
+        results = await self._run(docs)
+        out, k = [], 0
+        for r in requests:
+            out.append(results[k : k + len(r)])
+            k += len(r)
+        return out
+
+    async def _run(self, docs: list[Encoded]) -> list[Inferred]:
+        async with self._lock:
+            return await asyncio.to_thread(self.engine.infer, docs)
+
+    async def __call__(self, docs: list[Encoded]) -> list[Inferred]:
+        if len(docs) >= self.max_batch:  # a full batch on its own: no reason to wait for others
+            self.batch_sizes[len(docs)] += 1
+            return await self._run(docs)
+        return await self.infer(docs)
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically: the model must still produce finite outputs."""
+        import numpy as np
+
+        (out,) = await self._run(self._probe)
+        values = [v for v in (out.cls_logits, out.ner_logits) if v is not None]
+        if out.error or not values or not all(np.isfinite(v).all() for v in values):
+            raise RuntimeError(f"model health check failed: {out.error or 'non-finite output'}")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "batch_sizes": dict(self.batch_sizes),
+            "engine": self.engine.stats().as_dict(),
+            "device": self.device,
+        }
+
+
+# -- ingress --------------------------------------------------------------------------------
+@serve.ingress(api)
+class Ingress:
+    """Validates, encodes and decodes on CPU; the model deployment does the forward passes."""
+
+    def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
+        from ray.serve.metrics import Counter as MetricCounter
+        from ray.serve.metrics import Histogram
+
+        self.cfg = PipelineConfig.model_validate(config)
+        self.model = model
+        light = load_models(self.cfg, weights=False)
+        self.encoder = Encoder.for_models(light, self.cfg.runtime.max_chars)
+        self.decoder = Decoder(light)
+        self.describe = {task: lm.describe() for task, lm in light.items()}
+        self.keys = [k.encode() for k in api_keys(self.cfg)]
+        self._requests = MetricCounter(
+            "bert_pipeline_requests_total",
+            description="HTTP requests by endpoint and status",
+            tag_keys=("endpoint", "status"),
+        )
+        self._latency = Histogram(
+            "bert_pipeline_request_seconds",
+            description="request latency by endpoint",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+            tag_keys=("endpoint",),
+        )
+
+    # endpoints
+    @api.post("/v1/annotate", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
+    async def annotate(self, request: Request):
+        """Classification and entities for each text."""
+        return await self._serve(request, "annotate")
+
+    @api.post("/v1/classify", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
+    async def classify(self, request: Request):
+        """Classification only (entities is null)."""
+        return await self._serve(request, "classify")
+
+    @api.post("/v1/ner", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
+    async def ner(self, request: Request):
+        """Entities only (label is null)."""
+        return await self._serve(request, "ner")
+
+    @api.get("/healthz")
+    async def healthz(self):
+        try:
+            await asyncio.wait_for(self.model.stats.remote(), timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        try:
+            self._authorize(request)
+        except HttpError as err:
+            return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+        return {"models": self.describe, "version": __version__, "config_hash": self.cfg.config_hash()}
+
+    @api.get("/v1/stats")
+    async def stats(self, request: Request):
+        """Batch sizes formed by the model deployment (one replica) and engine counters."""
+        try:
+            self._authorize(request)
+        except HttpError as err:
+            return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+        return await self.model.stats.remote()
+
+    # internals
+    async def _serve(self, request: Request, endpoint: str) -> JSONResponse:
+        started = time.perf_counter()
+        try:
+            self._authorize(request)
+            texts = self._limit(await self._parse(request))
+            tasks = TASKS[endpoint]
+            missing = [t for t in tasks if t not in self.describe]
+            if len(missing) == len(tasks):
+                raise HttpError(404, f"no {' or '.join(missing)} model is configured")
+            docs = await asyncio.to_thread(self._encode, texts, tasks)
+            inferred = await self._infer(docs)
+            rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
+            response = JSONResponse({"results": rows, "model": self.describe})
+        except HttpError as err:
+            response = JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+        self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
+        self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
+        return response
+
+    def _authorize(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), k) for k in self.keys):
+            raise HttpError(
+                401,
+                "missing or invalid API key (Authorization: Bearer <key>)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    async def _parse(self, request: Request) -> list[str | None]:
+        limit = self.cfg.serve.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise HttpError(413, f"request body is {declared} bytes; serve.max_body_bytes is {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HttpError(413, f"request body is over serve.max_body_bytes ({limit})")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+        try:
+            return AnnotateRequest.model_validate(data).texts
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise HttpError(422, f'{where}: {first["msg"]} (expected {{"texts": ["...", ...]}})') from None
+
+    def _limit(self, texts: list[str | None]) -> list[str | None]:
+        s = self.cfg.serve
+        if len(texts) > s.max_texts:
+            raise HttpError(413, f"{len(texts)} texts in one request; serve.max_texts is {s.max_texts}")
+        for i, t in enumerate(texts):
+            if t is not None and len(t) > s.max_chars:
+                raise HttpError(413, f"texts[{i}] has {len(t)} characters; serve.max_chars is {s.max_chars}")
+        return texts
+
+    def _encode(self, texts: list[str | None], tasks: tuple[str, ...]) -> list[Encoded]:
+        docs = self.encoder.encode(texts)
+        if "classifier" not in tasks:
+            docs = [Encoded(ner=d.ner, error=d.error) for d in docs]
+        if "ner" not in tasks:
+            docs = [Encoded(cls=d.cls, error=d.error) for d in docs]
+        return docs
+
+    async def _infer(self, docs: list[Encoded]) -> list[Inferred]:
+        from ray.serve.exceptions import BackPressureError
+
+        retry = {"Retry-After": str(self.cfg.serve.retry_after_s)}
+        try:
+            return await self.model.remote(docs)
+        except BackPressureError:
+            raise HttpError(
+                self.cfg.serve.backpressure_status, "model queue is full; retry later", retry
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a replica that died mid-request, etc.
+            log.warning("model call failed: %s", type(exc).__name__)
+            raise HttpError(503, f"model unavailable ({type(exc).__name__}); retry later", retry) from None
+
+
+# -- application ----------------------------------------------------------------------------
+def _options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str, Any]:
+    from ray.serve.config import BackpressureConfig
+
+    out: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus},
+        "max_ongoing_requests": opts.max_ongoing_requests,
+        "max_queued_requests": opts.max_queued_requests,
+        "backpressure_config": BackpressureConfig(
+            status_code=cfg.serve.backpressure_status, retry_after_s=cfg.serve.retry_after_s
+        ),
+    }
+    if opts.autoscaling:
+        out["autoscaling_config"] = opts.autoscaling
+    else:
+        out["num_replicas"] = opts.num_replicas
+    return out
+
+
+def build_app(cfg: PipelineConfig):
+    """The Serve application for a config: Ingress bound to a Model deployment."""
+    conf = cfg.model_dump(mode="json")
+    model = serve.deployment(Model, name="Model", **_options(cfg.serve.model, cfg)).bind(conf)
+    ingress = serve.deployment(Ingress, name="Ingress", **_options(cfg.serve.ingress, cfg))
+    return ingress.bind(model, conf)
+
+
+def app_builder(args: dict[str, Any]):
+    """For `serve run` / `serve deploy` config files: args {config: path, set: [key=value, ...]}."""
+    return build_app(PipelineConfig.from_yaml(args["config"], args.get("set") or []))
+
+
+def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:
+    """Deploy on the current Ray cluster (local if none); returns the base URL."""
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
+    if blocking:
+        print(f"serving on {url} (docs: {url}/docs); Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.delete(cfg.serve.app_name)
+    return url

@@ -1,0 +1,220 @@
+"""The online API over real HTTP on Ray Serve: parity, bad input, auth, concurrency, overload, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from conftest import assert_rows_close, batch_config, deploy, read_output, tiny_config
+
+from pipeline import Annotator, PipelineConfig, batch
+
+
+def serve_config(tiny_models, **serve) -> dict:
+    cfg = tiny_config(*tiny_models)
+    cfg["serve"] = {
+        "model": {"num_cpus": 0.25, "max_ongoing_requests": 64},
+        "ingress": {"num_cpus": 0.25},
+        "max_texts": 16,
+        "max_chars": 5000,
+        "max_body_bytes": 200_000,
+        **serve,
+    }
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def app(serve_base, tiny_models):
+    cfg = serve_config(tiny_models, batch_wait_timeout_s=0.05)
+    return deploy(cfg, "main", "/main", serve_base), cfg
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    return Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models)))
+
+
+def post(url: str, path: str, body, **kw) -> httpx.Response:
+    if isinstance(body, (dict, list)):
+        return httpx.post(url + path, json=body, timeout=60, **kw)
+    return httpx.post(
+        url + path, content=body, headers={"content-type": "application/json"}, timeout=60, **kw
+    )
+
+
+def test_http_answers_equal_annotator_and_batch_output(app, reference, tiny_models, corpus, tmp_path):
+    url, _ = app
+    texts = [t for t in corpus if len(t) <= 5000][:15] + [None]
+    got = post(url, "/v1/annotate", {"texts": texts})
+    assert got.status_code == 200, got.text
+    rows = got.json()["results"]
+    assert_rows_close(rows, reference.annotate(texts))
+    assert rows[-1]["error"] == "text is null"
+    assert set(got.json()["model"]) == {"classifier", "ner"}
+
+    # the nightly job gives the same rows for the same texts
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), tmp_path / "in" / "a.parquet")
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+    assert_rows_close(rows, read_output(tmp_path / "out"))
+
+
+def test_classify_and_ner_endpoints(app, reference):
+    url, _ = app
+    text = "Angela Merkel met Tim Cook in Berlin."
+    (full,) = reference.annotate([text])
+    (cls,) = post(url, "/v1/classify", {"texts": [text]}).json()["results"]
+    (ner,) = post(url, "/v1/ner", {"texts": [text]}).json()["results"]
+    assert cls["label"] == full["label"] and cls["entities"] is None
+    assert ner["label"] is None and [e["text"] for e in ner["entities"]] == [
+        e["text"] for e in full["entities"]
+    ]
+
+
+def test_models_health_and_openapi(app):
+    url, cfg = app
+    models = httpx.get(url + "/v1/models").json()
+    assert models["models"]["ner"]["labels"][0] == "O"
+    assert models["config_hash"] == PipelineConfig.from_dict(cfg).config_hash()
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    spec = httpx.get(url + "/openapi.json").json()
+    assert {"/v1/annotate", "/v1/classify", "/v1/ner", "/v1/models", "/healthz"} <= set(spec["paths"])
+    assert httpx.get(url + "/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ('{"texts": "one string"}', 422, "texts"),
+        ('{"texts": [1, 2]}', 422, "texts.0"),
+        ('{"texts": []}', 422, "at least 1"),
+        ('{"text": ["typo"]}', 422, "texts"),
+        ("[]", 422, "body"),
+        ('{"texts": [' + ",".join(['"x"'] * 17) + "]}", 413, "serve.max_texts"),
+        ('{"texts": ["' + "y" * 5001 + '"]}', 413, "serve.max_chars"),
+        ('{"texts": ["' + "z" * 210_000 + '"]}', 413, "serve.max_body_bytes"),
+    ],
+)
+def test_bad_requests_get_clear_4xx_and_the_replica_lives(app, body, status, words):
+    url, _ = app
+    r = post(url, "/v1/annotate", body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+    assert post(url, "/v1/annotate", {"texts": ["still alive"]}).status_code == 200
+
+
+def test_64_concurrent_clients_get_correct_answers_in_shared_batches(app, reference):
+    url, _ = app
+    texts = [f"Client {i} says Angela Merkel met Tim Cook in Berlin on day {i}." for i in range(64)]
+    expected = reference.annotate(texts)
+    before = httpx.get(url + "/v1/stats").json()["batch_sizes"]
+
+    async def client(c: httpx.AsyncClient, i: int):
+        results = []
+        for _ in range(3):
+            r = await c.post(url + "/v1/annotate", json={"texts": [texts[i]]}, timeout=120)
+            results.append(r)
+        return results
+
+    async def main():
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(limits=limits) as c:
+            return await asyncio.gather(*(client(c, i) for i in range(64)))
+
+    started = time.time()
+    responses = asyncio.run(main())
+    assert time.time() - started < 120
+    for i, rs in enumerate(responses):
+        for r in rs:
+            assert r.status_code == 200, r.text
+            assert_rows_close(r.json()["results"], [expected[i]])
+    after = httpx.get(url + "/v1/stats").json()["batch_sizes"]
+    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    assert sum(k * v for k, v in new.items()) == 64 * 3
+    assert max(new) > 1, f"dynamic batching never merged requests: {new}"
+
+
+@pytest.fixture(scope="module")
+def guarded(serve_base, tiny_models):
+    """An app with API keys, a slow batch wait and tiny queues: for auth and overload."""
+    cfg = serve_config(
+        tiny_models,
+        api_keys=["secret-key-1"],
+        api_keys_env="TEST_SERVE_API_KEYS",  # set in conftest before the cluster started
+        batch_wait_timeout_s=0.3,
+        max_batch_size=64,
+        model={"num_cpus": 0.25, "max_ongoing_requests": 2, "max_queued_requests": 2},
+        ingress={"num_cpus": 0.25, "max_ongoing_requests": 4, "max_queued_requests": 4},
+        retry_after_s=2,
+    )
+    return deploy(cfg, "guarded", "/guarded", serve_base)
+
+
+def test_api_key_required_when_configured(guarded):
+    body = {"texts": ["hello"]}
+    assert post(guarded, "/v1/annotate", body).status_code == 401
+    assert post(guarded, "/v1/annotate", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        post(guarded, "/v1/annotate", body, headers={"Authorization": "Bearer secret-key-1"}).status_code
+        == 200
+    )
+    assert (
+        post(guarded, "/v1/annotate", body, headers={"Authorization": "Bearer env-key-2"}).status_code == 200
+    )
+    assert httpx.get(guarded + "/v1/models").status_code == 401
+    assert httpx.get(guarded + "/healthz").status_code == 200
+
+
+def test_overload_gets_503_with_retry_after_quickly_then_recovers(guarded):
+    headers = {"Authorization": "Bearer secret-key-1"}
+
+    async def one(c: httpx.AsyncClient):
+        t = time.time()
+        r = await c.post(guarded + "/v1/annotate", json={"texts": ["busy"]}, headers=headers, timeout=60)
+        return r, time.time() - t
+
+    async def main():
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as c:
+            return await asyncio.gather(*(one(c) for _ in range(60)))
+
+    results = asyncio.run(main())
+    codes = [r.status_code for r, _ in results]
+    rejected = [(r, dt) for r, dt in results if r.status_code == 503]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 1 and len(rejected) >= 10, codes
+    assert all(r.headers.get("retry-after") == "2" for r, _ in rejected)
+    assert min(dt for _, dt in rejected) < 2.0, "rejections must be fast, not after a long wait"
+    time.sleep(1)
+    assert post(guarded, "/v1/annotate", {"texts": ["calm again"]}, headers=headers).status_code == 200
+
+
+def test_killed_model_replica_is_replaced(app):
+    from ray.util.state import list_actors
+
+    url, _ = app
+    (victim,) = [
+        a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "ServeReplica:main:Model"
+    ]
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.time() + 180
+    ok = False
+    while time.time() < deadline and not ok:
+        try:
+            ok = post(url, "/v1/annotate", {"texts": ["back again"]}).status_code == 200
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    assert ok, "the service did not recover after its model replica was killed"
+    alive = [
+        a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "ServeReplica:main:Model"
+    ]
+    assert alive and alive[0].pid != victim.pid
