@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -208,10 +209,8 @@ def test_killed_model_replica_is_replaced(app):
     deadline = time.time() + 180
     ok = False
     while time.time() < deadline and not ok:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             ok = post(url, "/v1/annotate", {"texts": ["back again"]}).status_code == 200
-        except httpx.HTTPError:
-            pass
         time.sleep(1)
     assert ok, "the service did not recover after its model replica was killed"
     alive = [
