@@ -109,13 +109,15 @@ class Model:
         from ray.serve.metrics import Histogram
 
         cfg = PipelineConfig.model_validate(config)
-        if cfg.runtime.num_threads:
-            torch.set_num_threads(cfg.runtime.num_threads)
+        threads = cfg.serve.num_threads or cfg.runtime.num_threads
+        if threads:
+            torch.set_num_threads(threads)
         self.models = load_models(cfg)
         self.engine = InferenceEngine(self.models, cfg.runtime)
         self.max_batch = cfg.serve.max_batch_size or cfg.runtime.batch_size
         self.infer.set_max_batch_size(self.max_batch)
         self._lock = asyncio.Lock()  # one forward pass at a time on this replica
+        self._inflight = 0
         self.infer.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()
         self._batch_hist = Histogram(
@@ -134,9 +136,7 @@ class Model:
     )
     async def infer(self, requests: list[list[Encoded]]) -> list[list[Inferred]]:
         docs = [d for r in requests for d in r]
-        self.batch_sizes[len(docs)] += 1
-        self._batch_hist.observe(len(docs))
-        self._batches.inc()
+        self._record(len(docs))
         results = await self._run(docs)
         out, k = [], 0
         for r in requests:
@@ -149,10 +149,21 @@ class Model:
             return await asyncio.to_thread(self.engine.infer, docs)
 
     async def __call__(self, docs: list[Encoded]) -> list[Inferred]:
-        if len(docs) >= self.max_batch:  # a full batch on its own: no reason to wait for others
-            self.batch_sizes[len(docs)] += 1
-            return await self._run(docs)
-        return await self.infer(docs)
+        # Eager when idle: a lone request runs at once instead of waiting out the batch
+        # timeout; under load requests queue in @serve.batch and share forward passes.
+        self._inflight += 1
+        try:
+            if len(docs) >= self.max_batch or (self._inflight == 1 and not self._lock.locked()):
+                self._record(len(docs))
+                return await self._run(docs)
+            return await self.infer(docs)
+        finally:
+            self._inflight -= 1
+
+    def _record(self, size: int) -> None:
+        self.batch_sizes[size] += 1
+        self._batch_hist.observe(size)
+        self._batches.inc()
 
     async def check_health(self) -> None:
         """Serve calls this periodically: the model must still produce finite outputs."""

@@ -1,0 +1,139 @@
+"""Closed-loop HTTP load on the Serve API: requests/s and p50/p99 at several concurrencies,
+with and without dynamic batching, measured side by side in one run.
+
+    python -m bench.serve_load --config examples/local.yaml --seconds 10 --concurrency 1 16 64
+
+Each client sends one single-text request, waits for the answer, sends the next. A benchmark,
+not a test: it prints figures and ratios and never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+
+SENTENCES = [
+    "Angela Merkel met Tim Cook in Berlin to discuss investment in German factories.",
+    "Lionel Messi scored twice as Inter Miami beat Orlando City 3-1 on Saturday night.",
+    "Shares of Siemens rose 4% in Frankfurt after the company raised its full-year outlook.",
+    "Researchers at ETH Zürich unveiled a solar cell that keeps its efficiency for ten years.",
+    "President Cyril Ramaphosa arrived in Nairobi for talks with Kenyan leaders.",
+    "The match between Real Madrid and Bayern Munich ended 2-2 after a late penalty.",
+    "Spotify cut 1,500 jobs, citing slower growth; its shares jumped in New York trading.",
+    "Priya Raman joined Nvidia as head of research in Bangalore.",
+]
+
+
+async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, i: int) -> None:
+        nonlocal errors
+        k = i
+        while time.perf_counter() < stop:
+            text = SENTENCES[k % len(SENTENCES)]
+            k += 1
+            t = time.perf_counter()
+            r = await c.post(url + "/v1/annotate", json={"texts": [text]}, timeout=60)
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors += 1
+
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as c:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c, i) for i in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else latencies * 99
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / wall, 2),
+        "p50_ms": round(q[49] * 1000, 1),
+        "p99_ms": round(q[98] * 1000, 1),
+    }
+
+
+def wait_healthy(url: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} never became healthy")
+
+
+def run(config: str, seconds: float, levels: list[int], overrides: list[str]) -> dict:
+    import ray
+    from ray import serve
+
+    from pipeline import PipelineConfig
+    from pipeline.serve import build_app
+
+    base_cfg = PipelineConfig.from_yaml(config, overrides)
+    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    port = base_cfg.serve.port
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    variants = {
+        "batched": [f"serve.max_batch_size={base_cfg.runtime.batch_size}"],
+        "unbatched": ["serve.max_batch_size=1", "serve.batch_wait_timeout_s=0"],
+    }
+    results: dict[str, list[dict]] = {name: [] for name in variants}
+    for name, extra in variants.items():
+        cfg = PipelineConfig.from_yaml(config, [*overrides, *extra])
+        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}", blocking=False)
+        url = f"http://127.0.0.1:{port}/{name}"
+        wait_healthy(url)
+        asyncio.run(closed_loop(url, 4, 2))  # warm-up
+        for level in levels:
+            row = asyncio.run(closed_loop(url, level, seconds))
+            results[name].append(row)
+            print(
+                f"{name:9s} c={level:3d}  {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+                f"p99 {row['p99_ms']:7.1f} ms  ({row['requests']} ok, {row['errors']} errors)",
+                flush=True,
+            )
+        serve.delete(name)
+    summary = {}
+    for b, u in zip(results["batched"], results["unbatched"], strict=True):
+        summary[b["concurrency"]] = {
+            "batched_over_unbatched_rps": round(b["rps"] / u["rps"], 2) if u["rps"] else None,
+            "batched_p99_over_p50": round(b["p99_ms"] / b["p50_ms"], 2) if b["p50_ms"] else None,
+        }
+        print(
+            f"c={b['concurrency']:3d}: batched/unbatched rps x{summary[b['concurrency']]['batched_over_unbatched_rps']}, "
+            f"batched p99/p50 {summary[b['concurrency']]['batched_p99_over_p50']}"
+        )
+    serve.shutdown()
+    return {"config": config, "seconds": seconds, "results": results, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default="examples/local.yaml")
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", default="out/bench/serve_load.json")
+    a = p.parse_args(argv)
+    report = run(a.config, a.seconds, a.concurrency, a.set)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
