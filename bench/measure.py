@@ -1,0 +1,103 @@
+"""What the benchmark measures besides wall time: matmul peak, model FLOPs, padding, memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def matmul_peak(dtype: str, device: str = "cpu", size: int = 2048, seconds: float = 3.0) -> float:
+    """Measured GFLOP/s of a square matmul in this dtype on this device (the MFU denominator)."""
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a = torch.randn(size, size, device=device, dtype=dt)
+    b = torch.randn(size, size, device=device, dtype=dt)
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    sync()
+    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def model_shape(path: Path) -> tuple[int, int]:
+    """(layers, hidden) of a BERT-family model directory."""
+    import json
+
+    cfg = json.loads((path / "config.json").read_text())
+    return int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
+
+
+def sequence_flops(lengths: np.ndarray, layers: int, hidden: int) -> float:
+    """Forward FLOPs of real tokens: per layer 24*n*h^2 (projections, FFN) + 4*n^2*h (attention)."""
+    n = lengths.astype(np.float64)
+    return float(layers * (24 * n * hidden**2 + 4 * n**2 * hidden).sum())
+
+
+def padded_in_order(lengths: list[int], batch_size: int) -> int:
+    """Tokens computed when sequences are batched in arrival order and padded to each batch's longest."""
+    total = 0
+    for lo in range(0, len(lengths), batch_size):
+        chunk = lengths[lo : lo + batch_size]
+        total += max(chunk) * len(chunk)
+    return total
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _ray_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ray::" in cmd or b"default_worker.py" in cmd:
+                pids.append(int(entry))
+    return pids
+
+
+class PeakMemory:
+    """Samples RSS of this process plus Ray worker processes; peak in MiB."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak_kb = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = _rss_kb(me) + sum(_rss_kb(p) for p in _ray_pids() if p != me)
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> int:
+        return self.peak_kb // 1024

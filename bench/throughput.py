@@ -1,0 +1,233 @@
+"""Throughput benchmark: ours vs Hugging Face pipelines vs the Ray Data + HF recipe, one run.
+
+    python -m bench.throughput                      # full run (~10 min on 2 cores)
+    python -m bench.throughput --quick              # smoke size (CI): tiny models, a few docs
+
+Same corpus (seeded, log-normal lengths), same models, same machine, same run. Prints a
+table (docs/s, tokens/s, padding efficiency, model FLOP utilization against the matmul peak
+measured in this run, peak memory, agreement with the reference) and the ratios, and writes
+JSON and a PNG chart. A benchmark, not a test: it never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import contenders as C
+from bench.corpus import write_parquet
+from bench.measure import PeakMemory, matmul_peak, model_shape, padded_in_order, sequence_flops
+
+DEFAULT_DOCS = {"tiny": 24, "minilm": 300, "base": 100}
+ALL = ["baseline-hf", "baseline-raydata", "ours-run", "ours-annotator"]
+
+
+def model_pair(size: str, root: Path) -> tuple[Path, Path]:
+    """The MiniLM-sized demo pair when built, else random-weight pairs (speed does not depend on weights)."""
+    demo = Path("models/demo")
+    if size == "minilm" and (demo / "build.json").exists():
+        return demo / "classifier", demo / "ner"
+    from pipeline.random_models import SIZES, build_random_pair
+
+    return build_random_pair(root / size, **SIZES[size])
+
+
+def workload(corpus: Path, cls_dir: Path, ner_dir: Path, max_length: int, stride: int) -> dict:
+    """Windows each model must run (specials included), from our tokenizer: same for every contender."""
+    import pyarrow.parquet as pq
+
+    from pipeline import PipelineConfig
+    from pipeline.encode import Encoder, framing_of, window_spans
+    from pipeline.models import load_models
+
+    cfg = PipelineConfig.from_dict(C._config(cls_dir, ner_dir, max_length, stride, "fp32", 1, "cpu"))
+    models = load_models(cfg, weights=False)
+    texts = pq.read_table(str(corpus)).column("text").to_pylist()
+    docs = Encoder.for_models(models, cfg.runtime.max_chars).encode(texts)
+    framing = framing_of(models["ner"].tokenizer)
+    cls_len, ner_len = [], []
+    for d in docs:
+        n = len(d.ner)
+        ((s, e),) = window_spans(n, max_length, 0, framing.n_special, True)
+        cls_len.append(e - s + framing.n_special)
+        ner_len += [
+            e - s + framing.n_special
+            for s, e in window_spans(n, max_length, stride, framing.n_special, False)
+        ]
+    cl, cn = np.array(cls_len), np.array(ner_len)
+    (lc, hc), (ln, hn) = model_shape(cls_dir), model_shape(ner_dir)
+    return {
+        "docs": len(texts),
+        "tokens": int(cl.sum() + cn.sum()),
+        "flops": sequence_flops(cl, lc, hc) + sequence_flops(cn, ln, hn),
+        "hf_padded": padded_in_order(cls_len, C.HF_BATCH) + padded_in_order(ner_len, C.HF_BATCH),
+    }
+
+
+def agreement(rows: list[dict], ref: list[dict]) -> tuple[float, float]:
+    by_id = {r["id"]: r for r in ref}
+    labels = sum(r["label"] == by_id[r["id"]]["label"] for r in rows) / len(ref)
+    ents = sum(sorted(r["entities"]) == sorted(by_id[r["id"]]["entities"]) for r in rows) / len(ref)
+    return round(labels, 4), round(ents, 4)
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    peaks = {dt: round(matmul_peak(dt, seconds=1 if args.quick else 3), 1) for dt in ("fp32", "bf16")}
+    print(
+        f"matmul peak on this machine: fp32 {peaks['fp32']} GFLOP/s, bf16 {peaks['bf16']} GFLOP/s", flush=True
+    )
+    results = []
+    for size in args.models:
+        corpus = write_parquet(
+            out / f"corpus-{size}", args.docs or DEFAULT_DOCS[size], seed=args.seed, mix=args.mix
+        )
+        cls_dir, ner_dir = model_pair(size, Path(args.model_cache))
+        work = workload(corpus, cls_dir, ner_dir, args.max_length, args.stride)
+        print(
+            f"\n== {size}: {work['docs']} docs, {work['tokens']} tokens, {work['flops'] / 1e12:.2f} TFLOP",
+            flush=True,
+        )
+        common = (corpus, cls_dir, ner_dir, args.max_length, args.stride, args.threads)
+        plan = []
+        for name in args.contenders:
+            if name == "baseline-hf":
+                plan.append((name, "fp32", lambda: C.baseline_hf(*common)))
+            elif name == "baseline-raydata":
+                plan.append((name, "fp32", lambda: C.baseline_raydata(*common)))
+            elif name == "ours-annotator":
+                plan += [
+                    (name, dt, lambda dt=dt: C.ours_annotator(*common, dtype=dt)) for dt in ("fp32", "auto")
+                ]
+            elif name == "ours-run":
+                plan += [
+                    (name, dt, lambda dt=dt: C.ours_run(*common, out / f"run-{size}-{dt}", dtype=dt))
+                    for dt in ("fp32", "auto")
+                ]
+        ref = None
+        for name, dtype, fn in plan:
+            with PeakMemory() as mem:
+                r = fn()
+            used = r.get(
+                "dtype", "bfloat16" if dtype == "auto" and peaks["bf16"] > peaks["fp32"] else "float32"
+            )
+            peak = peaks["bf16"] if "bf" in used else peaks["fp32"]
+            padded = r.get("padded_tokens") or work["hf_padded"]
+            real = r.get("real_tokens") or work["tokens"]
+            row = {
+                "model": size,
+                "contender": name,
+                "dtype": "bf16" if "bf" in used else "fp32",
+                "docs": work["docs"],
+                "wall_s": round(r["wall_s"], 2),
+                "docs_per_s": round(work["docs"] / r["wall_s"], 2),
+                "tokens_per_s": round(work["tokens"] / r["wall_s"]),
+                "padding_efficiency": round(real / padded, 4),
+                "mfu": round(work["flops"] / r["wall_s"] / 1e9 / peak, 4),
+                "peak_mem_mib": mem.peak_mib,
+            }
+            if ref is None and name == "ours-annotator" and dtype == "fp32":
+                ref = r["rows"]
+            row["_rows"] = r["rows"]
+            results.append(row)
+            print(
+                f"  {name:17s} {row['dtype']:4s} {row['docs_per_s']:8.2f} docs/s {row['tokens_per_s']:8d} tok/s "
+                f"pad {row['padding_efficiency']:.1%} MFU {row['mfu']:.1%} mem {row['peak_mem_mib']} MiB",
+                flush=True,
+            )
+        for row in results:
+            if row["model"] == size and ref is not None:
+                row["label_agree"], row["entity_agree"] = agreement(row["_rows"], ref)
+    for row in results:
+        row.pop("_rows", None)
+    report = {"peaks_gflops": peaks, "args": vars(args), "results": results, "ratios": ratios(results)}
+    (out / "throughput.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+    chart(results, out / "throughput.png")
+    print(f"\nwrote {out / 'throughput.json'} and {out / 'throughput.png'}")
+    return report
+
+
+def ratios(results: list[dict]) -> dict[str, dict[str, float]]:
+    out = {}
+    for size in dict.fromkeys(r["model"] for r in results):
+        get = {(r["contender"], r["dtype"]): r["docs_per_s"] for r in results if r["model"] == size}
+        hf, rd = get.get(("baseline-hf", "fp32")), get.get(("baseline-raydata", "fp32"))
+        best = max([v for (c, _), v in get.items() if c == "ours-annotator"], default=None)
+        fp32 = get.get(("ours-annotator", "fp32"))
+        runs = [v for (c, _), v in get.items() if c == "ours-run"]
+        out[size] = {
+            "ours_auto_over_hf": round(best / hf, 2) if best and hf else None,
+            "ours_fp32_over_hf": round(fp32 / hf, 2) if fp32 and hf else None,
+            "ours_run_over_raydata": round(max(runs) / rd, 2) if runs and rd else None,
+        }
+    return out
+
+
+def print_table(report: dict) -> None:
+    cols = [
+        "model",
+        "contender",
+        "dtype",
+        "docs_per_s",
+        "tokens_per_s",
+        "padding_efficiency",
+        "mfu",
+        "peak_mem_mib",
+        "label_agree",
+        "entity_agree",
+    ]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in report["results"]:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    print("\nratios (docs/s):", json.dumps(report["ratios"]))
+
+
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(dict.fromkeys(r["model"] for r in results))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        rows = [r for r in results if r["model"] == size]
+        names = [f"{r['contender']}\n{r['dtype']}" for r in rows]
+        colors = ["tab:gray" if r["contender"].startswith("baseline") else "tab:blue" for r in rows]
+        ax.bar(names, [r["docs_per_s"] for r in rows], color=colors)
+        ax.set_title(f"{size}: documents/s (higher is better)")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["minilm", "base"], choices=["tiny", "minilm", "base"])
+    p.add_argument("--contenders", nargs="+", default=ALL, choices=ALL)
+    p.add_argument("--docs", type=int, help="documents per model size (default: 300 minilm, 100 base)")
+    p.add_argument("--mix", default="default", choices=["default", "short", "long"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--stride", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="out/bench")
+    p.add_argument("--model-cache", default="models/bench")
+    p.add_argument("--quick", action="store_true", help="smoke size: tiny models, few documents")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.docs = ["tiny"], args.docs or 24
+    started = time.time()
+    report = run(args)
+    print(f"benchmark took {time.time() - started:.0f}s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

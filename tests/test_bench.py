@@ -1,0 +1,37 @@
+"""The benchmarks run end to end in a reduced size (a smoke test: no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_bench_smoke(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.throughput",
+        "--quick",
+        "--docs",
+        "12",
+        "--out",
+        str(tmp_path / "bench"),
+        "--model-cache",
+        str(tmp_path / "models"),
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "bench" / "throughput.json").read_text())
+    rows = {(r["contender"], r["dtype"]) for r in report["results"]}
+    assert {("baseline-hf", "fp32"), ("baseline-raydata", "fp32"), ("ours-annotator", "fp32")} <= rows
+    assert any(c == "ours-run" for c, _ in rows)
+    for r in report["results"]:
+        assert r["docs_per_s"] > 0 and 0 < r["padding_efficiency"] <= 1
+        if r["dtype"] == "fp32":  # same answers: speed is never bought with wrong ones
+            assert r["label_agree"] == 1.0 and r["entity_agree"] == 1.0, r
+    assert (tmp_path / "bench" / "throughput.png").stat().st_size > 1000
+    assert "| model | contender |" in done.stdout
