@@ -94,25 +94,23 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         common = (corpus, cls_dir, ner_dir, args.max_length, args.stride, args.threads)
-        plan = []
+        plan: list[tuple[str, str, object, dict]] = []  # (name, dtype, runner, extra kwargs)
         for name in args.contenders:
             if name == "baseline-hf":
-                plan.append((name, "fp32", lambda: C.baseline_hf(*common)))
+                plan.append((name, "fp32", C.baseline_hf, {}))
             elif name == "baseline-raydata":
-                plan.append((name, "fp32", lambda: C.baseline_raydata(*common)))
+                plan.append((name, "fp32", C.baseline_raydata, {}))
             elif name == "ours-annotator":
-                plan += [
-                    (name, dt, lambda dt=dt: C.ours_annotator(*common, dtype=dt)) for dt in ("fp32", "auto")
-                ]
+                plan += [(name, dt, C.ours_annotator, {"dtype": dt}) for dt in ("fp32", "auto")]
             elif name == "ours-run":
                 plan += [
-                    (name, dt, lambda dt=dt: C.ours_run(*common, out / f"run-{size}-{dt}", dtype=dt))
+                    (name, dt, C.ours_run, {"dtype": dt, "out": out / f"run-{size}-{dt}"})
                     for dt in ("fp32", "auto")
                 ]
         ref = None
-        for name, dtype, fn in plan:
+        for name, dtype, runner, extra in plan:
             with PeakMemory() as mem:
-                r = fn()
+                r = runner(*common, **extra)
             used = r.get(
                 "dtype", "bfloat16" if dtype == "auto" and peaks["bf16"] > peaks["fp32"] else "float32"
             )
