@@ -142,7 +142,7 @@ def _config(
                 "aggregation": "simple",
             },
         },
-        "runtime": {"batch_size": 32, "dtype": dtype, "device": device, "num_threads": threads},
+        "runtime": {"batch_size": batch_size, "dtype": dtype, "device": device, "num_threads": threads},
     }
 
 
@@ -157,7 +157,9 @@ def _our_rows(ids, rows) -> list[dict[str, Any]]:
     ]
 
 
-def ours_annotator(corpus, cls_dir, ner_dir, max_length, stride, threads, dtype="auto", device="cpu") -> dict:
+def ours_annotator(
+    corpus, cls_dir, ner_dir, max_length, stride, threads, dtype="auto", device="cpu", batch_size=32
+) -> dict:
     from pipeline import Annotator, PipelineConfig
 
     table = pq.read_table(str(corpus))
