@@ -130,7 +130,14 @@ def baseline_raydata(
 
 
 def _config(
-    cls_dir: Path, ner_dir: Path, max_length: int, stride: int, dtype: str, threads: int, device: str
+    cls_dir: Path,
+    ner_dir: Path,
+    max_length: int,
+    stride: int,
+    dtype: str,
+    threads: int,
+    device: str,
+    batch_size: int = 32,
 ):
     return {
         "models": {
