@@ -48,8 +48,11 @@ class RunStats:
         }
 
 
-MIN_EFFICIENCY = 0.9  # real / padded tokens a batch may fall to before it is closed early
-MIN_TOKENS = 2048  # ... but only once it holds this much work (tiny batches waste the device)
+# A batch is closed early when its padding efficiency (real / padded tokens) would fall under
+# MIN_EFFICIENCY, but only once it holds MIN_TOKENS of work: a GPU wants big batches, a CPU
+# loses nothing on small ones but pays for every padded token.
+CUDA_CUT = (0.9, 8192)  # (MIN_EFFICIENCY, MIN_TOKENS)
+CPU_CUT = (0.97, 512)
 
 
 class ModelRunner:
@@ -67,6 +70,7 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         # Tensor cores want multiples of 8; a CPU gains nothing from padding at all.
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
+        self.min_efficiency, self.min_tokens = CUDA_CUT if self.device.type == "cuda" else CPU_CUT
         self.stats = RunStats()
         self._torch = torch
 
@@ -78,7 +82,7 @@ class ModelRunner:
         """Cut length-sorted sequences into micro-batches of at most `batch_size`.
 
         A batch also closes early when the next (shorter) sequence would push its padding
-        efficiency under MIN_EFFICIENCY, once it already holds MIN_TOKENS of work: at a
+        efficiency under min_efficiency, once it already holds min_tokens of work: at a
         jump from 512-token windows to 40-token ones, the short ones start a batch of
         their own instead of being padded to 512.
         """
@@ -89,7 +93,7 @@ class ModelRunner:
             total, j = int(sorted_lengths[i]), i + 1
             while j < n and j - i < self.batch_size:
                 grown = total + int(sorted_lengths[j])
-                if grown < MIN_EFFICIENCY * (j - i + 1) * width and (j - i) * width >= MIN_TOKENS:
+                if grown < self.min_efficiency * (j - i + 1) * width and (j - i) * width >= self.min_tokens:
                     break
                 total, j = grown, j + 1
             batches.append(order[i:j])
