@@ -104,8 +104,10 @@ def baseline_raydata(
 
     import ray
 
+    from pipeline.batch import ensure_ray
+
     start = time.perf_counter()
-    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    ensure_ray(None)  # RAY_ADDRESS if set, else a local instance: the same rule as ours-run
     ds = ray.data.read_parquet(str(corpus)).map_batches(
         _HFPredictor,
         fn_constructor_kwargs={

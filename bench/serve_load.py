@@ -77,14 +77,14 @@ def wait_healthy(url: str, timeout: float = 300) -> None:
 
 
 def run(config: str, seconds: float, levels: list[int], overrides: list[str]) -> dict:
-    import ray
     from ray import serve
 
     from pipeline import PipelineConfig
+    from pipeline.batch import ensure_ray
     from pipeline.serve import build_app
 
     base_cfg = PipelineConfig.from_yaml(config, overrides)
-    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    ensure_ray(None)
     port = base_cfg.serve.port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     variants = {

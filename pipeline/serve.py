@@ -94,6 +94,10 @@ class HttpError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
+def _error(err: HttpError) -> JSONResponse:
+    return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+
+
 def api_keys(cfg: PipelineConfig) -> list[str]:
     env = [k.strip() for k in os.environ.get(cfg.serve.api_keys_env, "").split(",") if k.strip()]
     return list(cfg.serve.api_keys) + env
@@ -236,19 +240,15 @@ class Ingress:
 
     @api.get("/v1/models")
     async def models(self, request: Request):
-        try:
-            self._authorize(request)
-        except HttpError as err:
-            return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+        if denied := self._denied(request):
+            return denied
         return {"models": self.describe, "version": __version__, "config_hash": self.cfg.config_hash()}
 
     @api.get("/v1/stats")
     async def stats(self, request: Request):
         """Batch sizes formed by the model deployment (one replica) and engine counters."""
-        try:
-            self._authorize(request)
-        except HttpError as err:
-            return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+        if denied := self._denied(request):
+            return denied
         return await self.model.stats.remote()
 
     # internals
@@ -266,10 +266,17 @@ class Ingress:
             rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
             response = JSONResponse({"results": rows, "model": self.describe})
         except HttpError as err:
-            response = JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+            response = _error(err)
         self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
         self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
         return response
+
+    def _denied(self, request: Request) -> JSONResponse | None:
+        try:
+            self._authorize(request)
+        except HttpError as err:
+            return _error(err)
+        return None
 
     def _authorize(self, request: Request) -> None:
         if not self.keys:

@@ -10,7 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_throughput_bench_smoke(tmp_path):
+def test_throughput_bench_smoke(ray_cluster, tmp_path):
+    import os
+
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}  # one Ray instance per test session
     cmd = [
         sys.executable,
         "-m",
@@ -23,7 +26,7 @@ def test_throughput_bench_smoke(tmp_path):
         "--model-cache",
         str(tmp_path / "models"),
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "bench" / "throughput.json").read_text())
     rows = {(r["contender"], r["dtype"]) for r in report["results"]}
