@@ -3,8 +3,11 @@ with and without dynamic batching, measured side by side in one run.
 
     python -m bench.serve_load --config examples/local.yaml --seconds 10 --concurrency 1 16 64
 
-Each client sends one single-text request, waits for the answer, sends the next. A benchmark,
-not a test: it prints figures and ratios and never fails on timing.
+Each client sends one single-text request, waits for the answer, sends the next. A third
+variant, `ceiling`, is the same two-deployment Serve app with no model work at all: its
+requests/s is the most any model could reach through HTTP + Serve on this machine, so
+`ceiling / unbatched` bounds what dynamic batching can gain here. A benchmark, not a test: it
+prints figures and ratios and never fails on timing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+from starlette.requests import Request
 
 SENTENCES = [
     "Angela Merkel met Tim Cook in Berlin to discuss investment in German factories.",
@@ -76,6 +80,37 @@ def wait_healthy(url: str, timeout: float = 300) -> None:
     raise RuntimeError(f"{url} never became healthy")
 
 
+def ceiling_app(cfg):
+    """Ingress -> handle -> model, shaped like ours but with no encode, model or decode."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    from pipeline.serve import deployment_options
+
+    api = FastAPI()
+
+    class Echo:
+        async def __call__(self, texts: list) -> list[dict]:
+            return [{"label": None, "label_score": None, "entities": [], "error": None} for _ in texts]
+
+    class EchoIngress:
+        def __init__(self, model) -> None:
+            self.model = model
+
+        @api.post("/v1/annotate")
+        async def annotate(self, request: Request) -> dict:
+            body = await request.json()
+            return {"results": await self.model.remote(body["texts"])}
+
+        @api.get("/healthz")
+        async def healthz(self) -> dict:
+            return {"ok": True}
+
+    model = serve.deployment(Echo, name="Model", **deployment_options(cfg.serve.model, cfg)).bind()
+    ingress = serve.ingress(api)(EchoIngress)
+    return serve.deployment(ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg)).bind(model)
+
+
 def run(config: str, seconds: float, levels: list[int], overrides: list[str]) -> dict:
     from ray import serve
 
@@ -90,11 +125,13 @@ def run(config: str, seconds: float, levels: list[int], overrides: list[str]) ->
     variants = {
         "batched": [f"serve.max_batch_size={base_cfg.runtime.batch_size}"],
         "unbatched": ["serve.max_batch_size=1", "serve.batch_wait_timeout_s=0"],
+        "ceiling": [],
     }
     results: dict[str, list[dict]] = {name: [] for name in variants}
     for name, extra in variants.items():
         cfg = PipelineConfig.from_yaml(config, [*overrides, *extra])
-        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}", blocking=False)
+        app = ceiling_app(cfg) if name == "ceiling" else build_app(cfg)
+        serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
         url = f"http://127.0.0.1:{port}/{name}"
         wait_healthy(url)
         asyncio.run(closed_loop(url, 4, 2))  # warm-up
@@ -108,17 +145,23 @@ def run(config: str, seconds: float, levels: list[int], overrides: list[str]) ->
             )
         serve.delete(name)
     summary = {}
-    for b, u in zip(results["batched"], results["unbatched"], strict=True):
-        summary[b["concurrency"]] = {
-            "batched_over_unbatched_rps": round(b["rps"] / u["rps"], 2) if u["rps"] else None,
-            "batched_p99_over_p50": round(b["p99_ms"] / b["p50_ms"], 2) if b["p50_ms"] else None,
+    for b, u, c in zip(results["batched"], results["unbatched"], results["ceiling"], strict=True):
+        row = summary[b["concurrency"]] = {
+            "batched_over_unbatched_rps": _ratio(b["rps"], u["rps"]),
+            "batched_p99_over_p50": _ratio(b["p99_ms"], b["p50_ms"]),
+            "ceiling_over_unbatched_rps": _ratio(c["rps"], u["rps"]),
         }
         print(
-            f"c={b['concurrency']:3d}: batched/unbatched rps x{summary[b['concurrency']]['batched_over_unbatched_rps']}, "
-            f"batched p99/p50 {summary[b['concurrency']]['batched_p99_over_p50']}"
+            f"c={b['concurrency']:3d}: batched/unbatched rps x{row['batched_over_unbatched_rps']} "
+            f"(HTTP+Serve ceiling/unbatched x{row['ceiling_over_unbatched_rps']}), "
+            f"batched p99/p50 {row['batched_p99_over_p50']}"
         )
     serve.shutdown()
     return {"config": config, "seconds": seconds, "results": results, "summary": summary}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None
 
 
 def main(argv: list[str] | None = None) -> None:

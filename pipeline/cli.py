@@ -117,6 +117,28 @@ def cmd_models_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHES = {"throughput": "bench.throughput", "serve-load": "bench.serve_load"}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmarks live in the project checkout (`bench/`), not in the installed package."""
+    import importlib
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(BENCHES[args.bench])
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", BENCHES[args.bench]):
+            raise
+        print(
+            "error: `pipeline bench` runs from the project checkout (the folder holding bench/)",
+            file=sys.stderr,
+        )
+        return 2
+    module.main(args.bench_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -176,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models/random")
     p.add_argument("--size", choices=["tiny", "minilm", "base"], default="tiny")
     p.set_defaults(func=cmd_models_random)
+
+    p = sub.add_parser(
+        "bench", help="benchmarks: throughput (vs HF pipelines, Ray Data recipe) or serve-load"
+    )
+    p.add_argument("bench", choices=sorted(BENCHES))
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --quick; see --help")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -344,7 +344,8 @@ class Ingress:
 
 
 # -- application ----------------------------------------------------------------------------
-def _options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str, Any]:
+def deployment_options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str, Any]:
+    """serve.deployment kwargs for one deployment section (also used by bench.serve_load)."""
     from ray.serve.config import BackpressureConfig
 
     out: dict[str, Any] = {
@@ -365,8 +366,8 @@ def _options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str, Any]:
 def build_app(cfg: PipelineConfig):
     """The Serve application for a config: Ingress bound to a Model deployment."""
     conf = cfg.model_dump(mode="json")
-    model = serve.deployment(Model, name="Model", **_options(cfg.serve.model, cfg)).bind(conf)
-    ingress = serve.deployment(Ingress, name="Ingress", **_options(cfg.serve.ingress, cfg))
+    model = serve.deployment(Model, name="Model", **deployment_options(cfg.serve.model, cfg)).bind(conf)
+    ingress = serve.deployment(Ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg))
     return ingress.bind(model, conf)
 
 

@@ -17,7 +17,9 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "bench.throughput",
+        "pipeline.cli",
+        "bench",  # `pipeline bench throughput` runs bench/throughput.py from the checkout
+        "throughput",
         "--quick",
         "--docs",
         "12",
