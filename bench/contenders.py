@@ -198,8 +198,13 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
     cfg["ray"] = {"infer_actors": 1, "cpus_per_actor": 1, "cpus_per_task": 0.5, "docs_per_batch": 256}
     cfg["input"] = {"path": str(corpus)}
     cfg["output"] = {"path": str(out), "min_rows_per_file": 100_000, "max_rows_per_file": 1_000_000}
+    import torch
+
+    from pipeline.models import choose_dtype
+
+    cfg_obj = PipelineConfig.from_dict(cfg)
     start = time.perf_counter()  # Ray start-up included: that is what a user waits for
-    report = batch.run(PipelineConfig.from_dict(cfg), overwrite=True, echo=lambda s: None)
+    report = batch.run(cfg_obj, overwrite=True, echo=lambda s: None)
     wall = time.perf_counter() - start
     import ray
 
@@ -211,4 +216,6 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
         "rows": _our_rows([r["id"] for r in rows], rows),
         "real_tokens": report["tokens"],
         "padded_tokens": report["padded_tokens"],
+        "startup_s": report["startup_s"],  # Ray start, workers, model load: fixed, not per document
+        "dtype": str(choose_dtype(cfg_obj.runtime, torch.device("cpu"))).replace("torch.", ""),
     }

@@ -101,3 +101,34 @@ class PeakMemory:
     @property
     def peak_mib(self) -> int:
         return self.peak_kb // 1024
+
+
+def forward_ceiling(
+    model_dir: Path, dtype: str, seconds: float = 3.0, shape: tuple[int, int] = (32, 256)
+) -> float:
+    """Fraction of the matmul peak that the bare model forward reaches on dense, unpadded batches.
+
+    No tokenization, padding, Ray or decode: the most any end-to-end run of this model in this
+    dtype can reach, so it bounds the MFU target. Returns GFLOP/s.
+    """
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(model_dir), dtype=dt, attn_implementation="sdpa"
+    )
+    model.eval()
+    batch, length = shape
+    ids = torch.randint(1000, 2000, (batch, length))
+    mask = torch.ones_like(ids)
+    layers, hidden = model_shape(model_dir)
+    flops = sequence_flops(np.full(batch, length), layers, hidden)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(input_ids=ids, attention_mask=mask)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(input_ids=ids, attention_mask=mask)
+            n += 1
+    return flops * n / (time.perf_counter() - start) / 1e9

@@ -99,6 +99,9 @@ def run(
         counts = _execute(cfg, inputs, in_fs, columns, meta, pub, out_fs, address or cfg.ray.address)
         pub.mark_written()
     wall = time.time() - started
+    first = counts.pop("first_infer_at", None)
+    if first:
+        counts["startup_s"] = first - started
     report = _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed)
     files = pub.data_files()
     report["output_files"] = len(files)
@@ -240,6 +243,7 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "padded_tokens": padded,
         "padding_efficiency": round(tokens / padded, 4) if padded else None,
         "forward_s": round(counts.get("forward_s", 0.0), 2),
+        "startup_s": round(counts["startup_s"], 2) if "startup_s" in counts else None,
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
         "wall_s": round(wall, 2),
         "docs_per_s": round(docs / wall, 2) if wall > 0 else None,
@@ -253,7 +257,12 @@ def summary(report: dict[str, Any]) -> str:
     eff = report.get("padding_efficiency")
     lines = [
         f"done: {report['documents']} documents this run ({report['errors']} with errors) in {report['wall_s']}s"
-        f" = {report['docs_per_s']} docs/s",
+        f" = {report['docs_per_s']} docs/s"
+        + (
+            f" (start-up until the first model batch: {report['startup_s']}s)"
+            if report.get("startup_s")
+            else ""
+        ),
         f"  windows {report['windows']}, tokens {report['tokens']}, padded {report['padded_tokens']}"
         + (f" (padding efficiency {eff:.1%})" if eff else ""),
         f"  output: {report['output']} ({report.get('output_files', '?')} files, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -67,6 +68,7 @@ class InferActor:
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.tally = tally
+        self.started = False
         if ray.get_gpu_ids() and not torch.cuda.is_available():
             log.warning("this actor was given a GPU but CUDA is not available here; running on CPU")
             report(tally, {"cpu_fallback_actors": 1})
@@ -79,6 +81,9 @@ class InferActor:
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        if self.tally and not self.started:
+            self.started = True
+            report(self.tally, {"first_infer_at": time.time()})
         before = RunStats()
         before.add(self.engine.stats())
         docs = columns_to_encoded(table, "classifier" in self.models, "ner" in self.models)

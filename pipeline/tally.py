@@ -1,4 +1,8 @@
-"""A tiny Ray actor that sums counters reported by the stages of one run (for the run report)."""
+"""A tiny Ray actor that sums counters reported by the stages of one run (for the run report).
+
+Besides sums it keeps the earliest value of "first_*" keys (e.g. when the model saw its first
+batch), so the report can say how long start-up took.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ class Tally:
 
     def add(self, counts: dict[str, float]) -> None:
         for key, value in counts.items():
-            self.counts[key] += value
+            if key.startswith("first_"):
+                self.counts[key] = min(self.counts.get(key, value), value)
+            else:
+                self.counts[key] += value
 
     def get(self) -> dict[str, float]:
         return dict(self.counts)

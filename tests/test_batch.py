@@ -36,6 +36,7 @@ def test_batch_output_equals_in_process_and_keeps_every_column(ray_cluster, tiny
     assert (night / "_SUCCESS").exists() and not (night / "_staging").exists()
     assert json.loads((night / "_report.json").read_text())["output_rows"] == len(ids)
     assert 0.3 < report["padding_efficiency"] <= 1 and report["windows"] >= len(ids)
+    assert 0 < report["startup_s"] < report["wall_s"]  # when the model got its first batch
 
     rows = read_output(night)
     assert _ids(rows) == sorted(ids), "every id exactly once"
