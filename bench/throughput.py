@@ -83,29 +83,45 @@ def agreement(rows: list[dict], ref: list[dict]) -> tuple[float, float]:
 
 
 class Peaks:
-    """The matmul peak per dtype, sampled before every contender; the highest sample counts.
+    """Matmul peaks and bare-forward speeds, sampled all through the run; the highest sample counts.
 
     This VM's speed drifts by tens of percent within minutes (neighbours, turbo), so one sample
-    at the start would make MFU meaningless; the highest of many is the conservative denominator.
+    at the start would make MFU meaningless; the highest of many is the conservative denominator,
+    and the bare forward pass (dense batches, no pipeline) sampled the same way is the ceiling
+    that no end-to-end run of that model can pass.
     """
 
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, threads: int) -> None:
         self.seconds = 0.3 if quick else 1.0
+        self.threads = threads
         self.best = {"fp32": 0.0, "bf16": 0.0}
+        self.forward: dict[str, dict[str, float]] = {}
 
-    def sample(self) -> None:
+    def sample(self, size: str | None = None, model_dir: Path | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
         for dtype in self.best:
             self.best[dtype] = max(self.best[dtype], matmul_peak(dtype, seconds=self.seconds))
+            if size and model_dir:
+                got = self.forward.setdefault(size, {"fp32": 0.0, "bf16": 0.0})
+                got[dtype] = max(got[dtype], forward_ceiling(model_dir, dtype, seconds=self.seconds))
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in self.best.items()}
+
+    def ceilings(self) -> dict[str, dict[str, float]]:
+        return {
+            size: {dt: round(g / self.best[dt], 4) for dt, g in got.items()}
+            for size, got in self.forward.items()
+        }
 
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    peaks = Peaks(args.quick)
-    results, ceilings = [], {}
+    peaks = Peaks(args.quick, args.threads)
+    results = []
     for size in args.models:
         corpus = write_parquet(
             out / f"corpus-{size}", args.docs or DEFAULT_DOCS[size], seed=args.seed, mix=args.mix
@@ -116,8 +132,6 @@ def run(args: argparse.Namespace) -> dict:
             f"\n== {size}: {work['docs']} docs, {work['tokens']} tokens, {work['flops'] / 1e12:.2f} TFLOP",
             flush=True,
         )
-        peaks.sample()
-        ceilings[size] = ceiling(ner_dir, args)
         common = (corpus, cls_dir, ner_dir, args.max_length, args.stride, args.threads)
         plan: list[tuple[str, str, object, dict]] = []  # (name, dtype, runner, extra kwargs)
         for name in args.contenders:
@@ -134,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
                 ]
         ref = None
         for name, dtype, runner, extra in plan:
-            peaks.sample()
+            peaks.sample(*((size, ner_dir) if name == "ours-annotator" else ()))
             with PeakMemory() as mem:
                 r = runner(*common, **extra)
             bf16 = "bf" in r.get("dtype", "")
@@ -174,11 +188,9 @@ def run(args: argparse.Namespace) -> dict:
     for row in results:
         row.pop("_rows", None)
         row["mfu"] = round(row["model_gflops"] / best[row["dtype"]], 4)
-    for size, gflops in ceilings.items():
-        ceilings[size] = {dt: round(g / best[dt], 4) for dt, g in gflops.items()}
     report = {
         "peaks_gflops": best,
-        "forward_ceiling": ceilings,
+        "forward_ceiling": peaks.ceilings(),
         "args": vars(args),
         "results": results,
         "ratios": ratios(results),
@@ -188,17 +200,6 @@ def run(args: argparse.Namespace) -> dict:
     chart(results, out / "throughput.png")
     print(f"\nwrote {out / 'throughput.json'} and {out / 'throughput.png'}")
     return report
-
-
-def ceiling(model_dir: Path, args: argparse.Namespace) -> dict[str, float]:
-    """GFLOP/s of the bare forward pass (dense batches, no pipeline): the most any contender can reach."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    return {
-        dtype: forward_ceiling(model_dir, dtype, seconds=0.5 if args.quick else 3)
-        for dtype in ("fp32", "bf16")
-    }
 
 
 def ratios(results: list[dict]) -> dict[str, dict[str, float]]:
@@ -224,7 +225,7 @@ def print_table(report: dict) -> None:
     )
     for size, c in report["forward_ceiling"].items():
         print(
-            f"{size}: the bare model forward (32x256 tokens, no pipeline) reaches fp32 {c['fp32']:.1%}, "
+            f"{size}: the bare model forward (8x128 tokens, no pipeline) reaches fp32 {c['fp32']:.1%}, "
             f"bf16 {c['bf16']:.1%} of that peak: the ceiling for end-to-end MFU"
         )
     cols = [
