@@ -10,11 +10,12 @@ requests/s is the most any model could reach through HTTP + Serve on this machin
 prints figures and ratios and never fails on timing.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the ceiling app's annotations in the
+# replica, where string annotations could not be resolved.
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", default="out/bench/serve_load.json")
     a = p.parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     report = run(a.config, a.seconds, a.concurrency, a.set)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
