@@ -90,6 +90,11 @@ def run(
         echo(f"skipping bad input file {skipped['path']}: {skipped['reason']}")
     columns = _columns(cfg, inputs.schema.names)
     meta = lineage(cfg, date)
+    if cfg.runtime.backend == "serve":  # before any work: the app must hold these very models
+        from pipeline.serve_backend import check_served_models
+
+        ensure_ray(address or cfg.ray.address)
+        check_served_models(cfg, meta["models"])
     resumed = pub.begin({"config_hash": meta["config_hash"], "date": date, "input": in_path})
     if resumed:
         echo(f"resuming the unfinished run in {out_path}")
@@ -156,13 +161,19 @@ def build_dataset(
         num_cpus=r.cpus_per_task,
         fn_kwargs={"config": conf, "text_column": text},
     )
+    if cfg.runtime.backend == "serve":  # the running Serve app's Model deployment does the work
+        from pipeline.serve_backend import ServeInfer
+
+        infer, cpus, gpus = ServeInfer, r.cpus_per_task, None
+    else:
+        infer, cpus, gpus = InferActor, r.cpus_per_actor, r.gpus_per_actor or None
     ds = ds.map_batches(
-        InferActor,
+        infer,
         batch_format="pyarrow",
         batch_size=r.docs_per_batch,
         compute=ray.data.ActorPoolStrategy(size=r.infer_actors),
-        num_cpus=r.cpus_per_actor,
-        num_gpus=r.gpus_per_actor or None,
+        num_cpus=cpus,
+        num_gpus=gpus,
         fn_constructor_kwargs={"config": conf, "tally": tally},
     )
     return ds.map_batches(

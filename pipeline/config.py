@@ -85,6 +85,11 @@ class RuntimeConfig(_Strict):
     pad_multiple: int | None = Field(
         None, ge=1, le=512, description="padded lengths are multiples of this; default 8 on CUDA, 1 on CPU"
     )
+    backend: Literal["actors", "serve"] = Field(
+        "actors",
+        description="batch job's infer stage: its own actor pool, or the Model deployment of the "
+        "running Serve app serve.app_name (one GPU pool for both)",
+    )
 
 
 class RayConfig(_Strict):
@@ -135,6 +140,9 @@ class DeploymentOptions(_Strict):
     num_gpus: float = Field(0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int = Field(512, ge=-1, description="-1: unbounded; beyond it callers get 503/429")
+
+
+MODEL_DEPLOYMENT = "Model"  # the Serve deployment that holds the weights (the batch job may borrow it)
 
 
 class ServeConfig(_Strict):

@@ -36,6 +36,11 @@ class RunStats:
         for name in ("sequences", "batches", "real_tokens", "padded_tokens", "forward_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def since(self, before: RunStats) -> dict[str, float]:
+        """What was counted after `before` was taken: one batch's share, for the run report."""
+        names = ("sequences", "real_tokens", "padded_tokens", "forward_s")
+        return {n: getattr(self, n) - getattr(before, n) for n in names}
+
     def as_dict(self) -> dict[str, float]:
         eff = self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
         return {

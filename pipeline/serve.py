@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline import __version__
-from pipeline.config import DeploymentOptions, PipelineConfig
+from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
 from pipeline.decode import Decoder
 from pipeline.encode import Encoded, Encoder
 from pipeline.infer import InferenceEngine, Inferred
@@ -151,6 +151,22 @@ class Model:
     async def _run(self, docs: list[Encoded]) -> list[Inferred]:
         async with self._lock:
             return await asyncio.to_thread(self.engine.infer, docs)
+
+    async def run_batch(self, docs: list[Encoded]) -> tuple[list[Inferred], dict[str, float]]:
+        """The batch job's infer stage (runtime.backend: serve): one chunk, with its own counters.
+
+        Takes the same lock as online requests, so they interleave chunk by chunk.
+        """
+        async with self._lock:
+            before = self.engine.stats()
+            out = await asyncio.to_thread(self.engine.infer, docs)
+            counts = self.engine.stats().since(before)
+        self._record(len(docs))
+        return out, counts
+
+    def served_models(self) -> dict[str, dict[str, str]]:
+        """Source and revision per task: the batch job checks them before borrowing this model."""
+        return {t: {"source": m.spec.source, "revision": m.revision} for t, m in self.models.items()}
 
     async def __call__(self, docs: list[Encoded]) -> list[Inferred]:
         # Eager when idle: a lone request runs at once instead of waiting out the batch
@@ -366,7 +382,9 @@ def deployment_options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str
 def build_app(cfg: PipelineConfig):
     """The Serve application for a config: Ingress bound to a Model deployment."""
     conf = cfg.model_dump(mode="json")
-    model = serve.deployment(Model, name="Model", **deployment_options(cfg.serve.model, cfg)).bind(conf)
+    model = serve.deployment(Model, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg)).bind(
+        conf
+    )
     ingress = serve.deployment(Ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg))
     return ingress.bind(model, conf)
 

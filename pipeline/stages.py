@@ -27,7 +27,7 @@ from pipeline.columns import (
 from pipeline.config import PipelineConfig
 from pipeline.decode import Decoder
 from pipeline.encode import Encoder
-from pipeline.infer import InferenceEngine, RunStats
+from pipeline.infer import InferenceEngine, Inferred
 from pipeline.models import LoadedModel, Task, load_models
 from pipeline.tally import report
 
@@ -81,25 +81,37 @@ class InferActor:
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        if self.tally and not self.started:
-            self.started = True
-            report(self.tally, {"first_infer_at": time.time()})
-        before = RunStats()
-        before.add(self.engine.stats())
+        self.started = mark_first_batch(self.tally, self.started)
+        before = self.engine.stats()
         docs = columns_to_encoded(table, "classifier" in self.models, "ner" in self.models)
         results = self.engine.infer(docs)
-        after = self.engine.stats()
-        report(
-            self.tally,
-            {
-                "windows": after.sequences - before.sequences,
-                "tokens": after.real_tokens - before.real_tokens,
-                "padded_tokens": after.padded_tokens - before.padded_tokens,
-                "forward_s": after.forward_s - before.forward_s,
-            },
-        )
-        drop = (CLS_IDS,) if CLS_IDS in table.column_names else ()
-        return replace_columns(table, inferred_to_columns(results), drop=drop)
+        report_infer(self.tally, self.engine.stats().since(before))
+        return with_inferred(table, results)
+
+
+def mark_first_batch(tally: str | None, started: bool) -> bool:
+    """Tell the run's tally when the model got its first batch (start-up time in the report)."""
+    if tally and not started:
+        report(tally, {"first_infer_at": time.time()})
+    return True
+
+
+def report_infer(tally: str | None, delta: dict[str, float]) -> None:
+    report(
+        tally,
+        {
+            "windows": delta["sequences"],
+            "tokens": delta["real_tokens"],
+            "padded_tokens": delta["padded_tokens"],
+            "forward_s": delta["forward_s"],
+        },
+    )
+
+
+def with_inferred(table: pa.Table, results: list[Inferred]) -> pa.Table:
+    """The encoded batch plus model outputs, minus the classifier's own ids once used."""
+    drop = (CLS_IDS,) if CLS_IDS in table.column_names else ()
+    return replace_columns(table, inferred_to_columns(results), drop=drop)
 
 
 def decode_batch(

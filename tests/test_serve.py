@@ -67,6 +67,48 @@ def test_http_answers_equal_annotator_and_batch_output(app, reference, tiny_mode
     batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     assert_rows_close(rows, read_output(tmp_path / "out"))
 
+    # runtime.backend: serve -- the nightly job borrows this app's Model deployment: same rows
+    served_before = httpx.get(url + "/v1/stats").json()["engine"]["sequences"]
+    borrowed = batch_config(
+        *tiny_models,
+        str(tmp_path / "in"),
+        str(tmp_path / "out-serve"),
+        tmp_path / "cache",
+        runtime__backend="serve",
+        serve__app_name="main",
+    )
+    report = batch.run(PipelineConfig.from_dict(borrowed), echo=lambda s: None)
+    assert_rows_close(rows, read_output(tmp_path / "out-serve"))
+    served_after = httpx.get(url + "/v1/stats").json()["engine"]["sequences"]
+    # the Serve replica did the work (health-check probes add a few windows of their own)
+    assert 0 < report["windows"] <= served_after - served_before
+
+
+def test_batch_job_refuses_a_serve_app_that_is_missing_or_holds_other_models(app, tiny_models, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import ConfigError
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [1], "text": ["x"]}), tmp_path / "in" / "a.parquet")
+    cls, ner = tiny_models
+    for app_name, models, message in [
+        ("no-such-app", (cls, ner), "needs the Serve app 'no-such-app' running"),
+        ("main", (ner, ner), "the Serve app 'main' serves classifier"),  # another model's revision
+    ]:
+        cfg = batch_config(
+            *models,
+            str(tmp_path / "in"),
+            str(tmp_path / app_name),
+            tmp_path / "cache",
+            runtime__backend="serve",
+            serve__app_name=app_name,
+        )
+        with pytest.raises(ConfigError, match=message):
+            batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+        assert not (tmp_path / app_name / "_staging").exists(), "refused before any work"
+
 
 def test_classify_and_ner_endpoints(app, reference):
     url, _ = app

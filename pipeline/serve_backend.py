@@ -1,0 +1,93 @@
+"""The batch job's infer stage through the running Serve app (`runtime.backend: serve`).
+
+One GPU pool then serves the online API and the nightly job. The job still encodes and
+decodes on its own CPU workers; only the encoded windows travel to the Model deployment, in
+chunks of one micro-batch so online requests interleave with the job instead of waiting
+behind a whole block. Before any work the driver checks that the app is running and serves
+the very models (same revisions) that the job's config names, so the output's lineage is true.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.columns import columns_to_encoded
+from pipeline.config import MODEL_DEPLOYMENT, ConfigError, PipelineConfig
+from pipeline.stages import mark_first_batch, report_infer, with_inferred
+
+log = logging.getLogger(__name__)
+BACKPRESSURE_WAIT_S = 600  # a nightly job waits out a busy day-time peak this long, then fails
+
+
+def model_handle(cfg: PipelineConfig):
+    from ray import serve
+
+    return serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=cfg.serve.app_name)
+
+
+def check_served_models(cfg: PipelineConfig, expected: dict[str, dict[str, str]]) -> None:
+    """Refuse to start unless the Serve app runs and holds exactly the configured models."""
+    app = cfg.serve.app_name
+    try:
+        served = model_handle(cfg).served_models.remote().result(timeout_s=60)
+    except Exception as exc:  # noqa: BLE001 - any failure here means: not usable
+        raise ConfigError(
+            f"runtime.backend: serve needs the Serve app '{app}' running on this Ray cluster "
+            f"(pipeline serve CONFIG, or serve deploy jobs/serve.yaml; serve.app_name names it): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    for task, want in expected.items():
+        got = served.get(task)
+        if got is None or got["revision"] != want["revision"]:
+            have = f"{got['source']} ({got['revision']})" if got else "no such model"
+            raise ConfigError(
+                f"the Serve app '{app}' serves {task} = {have}, but this job's config names "
+                f"{want['source']} ({want['revision']}): point both at the same model, or use "
+                "runtime.backend: actors"
+            )
+
+
+class ServeInfer:
+    """Ray Data callable: sends each block's encoded windows to the Model deployment."""
+
+    def __init__(self, config: dict[str, Any], tally: str | None = None) -> None:
+        cfg = PipelineConfig.model_validate(config)
+        self.handle = model_handle(cfg)
+        self.chunk = cfg.serve.max_batch_size or cfg.runtime.batch_size
+        self.has = (cfg.models.classifier is not None, cfg.models.ner is not None)
+        self.retry_s = cfg.serve.retry_after_s
+        self.tally = tally
+        self.started = False
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        self.started = mark_first_batch(self.tally, self.started)
+        docs = columns_to_encoded(table, *self.has)
+        chunks = [docs[i : i + self.chunk] for i in range(0, len(docs), self.chunk)]
+        pending = {i: self.handle.run_batch.remote(c) for i, c in enumerate(chunks)}
+        results: dict[int, list] = {}
+        deadline = time.monotonic() + BACKPRESSURE_WAIT_S
+        while pending:
+            i, response = next(iter(pending.items()))
+            try:
+                out, counts = response.result()
+            except Exception as exc:
+                if not _is_backpressure(exc) or time.monotonic() > deadline:
+                    raise
+                log.info("Serve model deployment is full; retrying a chunk in %ss", self.retry_s)
+                time.sleep(self.retry_s)
+                pending[i] = self.handle.run_batch.remote(chunks[i])
+                continue
+            del pending[i]
+            results[i] = out
+            report_infer(self.tally, counts)
+        return with_inferred(table, [r for i in range(len(chunks)) for r in results[i]])
+
+
+def _is_backpressure(exc: BaseException) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(exc, BackPressureError) or "BackPressureError" in type(exc).__name__
