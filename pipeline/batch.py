@@ -85,7 +85,13 @@ def run(
         pub.clear()
 
     text_col, id_col = cfg.input.text_column, cfg.input.id_column
-    inputs = inspect(discover(in_root, in_fs), in_fs, [text_col, id_col], cfg.input.on_bad_file)
+    inputs = inspect(
+        discover(in_root, in_fs),
+        in_fs,
+        [text_col, id_col],
+        cfg.input.on_bad_file,
+        id_column=id_col if cfg.input.check_unique_ids else None,
+    )
     for skipped in inputs.skipped:
         echo(f"skipping bad input file {skipped['path']}: {skipped['reason']}")
     columns = _columns(cfg, inputs.schema.names)

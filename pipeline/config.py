@@ -113,6 +113,10 @@ class InputConfig(_Strict):
     id_column: str = "id"
     columns: list[str] | None = Field(None, description="pass-through columns; default: all")
     on_bad_file: Literal["fail", "skip"] = "fail"
+    check_unique_ids: bool = Field(
+        True,
+        description="read the id column up front; refuse null or repeated ids (resume needs them unique)",
+    )
 
 
 class OutputConfig(_Strict):

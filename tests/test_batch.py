@@ -172,3 +172,24 @@ def test_killed_inference_actor_loses_no_rows(ray_cluster, tiny_models, tmp_path
     assert _ids(read_output(tmp_path / "out")) == sorted(ids), (
         "no row lost or written twice after the actor died"
     )
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ([1, 2, 2, 3, 3], r"2 ids occur more than once in column 'id' \(e.g. 2, 3\)"),
+        ([1, None, 3], "1 input rows have a null 'id'"),
+    ],
+)
+def test_repeated_or_null_ids_stop_before_any_work(tiny_models, tmp_path, ids, message):
+    import pyarrow as pa
+
+    (tmp_path / "in").mkdir()
+    half = len(ids) // 2  # the repeats span two files
+    for k, part in enumerate((ids[:half], ids[half:])):
+        table = pa.table({"id": pa.array(part, pa.int64()), "text": ["x"] * len(part)})
+        pq.write_table(table, tmp_path / "in" / f"part-{k}.parquet")
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    with pytest.raises(InputError, match=message):
+        _run(cfg)
+    assert not (tmp_path / "out").exists()
