@@ -76,8 +76,6 @@ def _footer(fs: pafs.FileSystem, path: str, id_column: str | None) -> Footer | s
 
 def check_unique_ids(ids: list[pa.ChunkedArray], id_column: str) -> None:
     """Refuse null or repeated ids: resume skips written ids, so each must name one row."""
-    if not ids:
-        return
     chunks = [c for a in ids for c in a.chunks]
     if not chunks:
         return
