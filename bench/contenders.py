@@ -192,16 +192,15 @@ def ours_annotator(
 
 
 def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, dtype="auto") -> dict:
+    import torch
+
     from pipeline import PipelineConfig, batch
+    from pipeline.models import choose_dtype
 
     cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, "cpu")
     cfg["ray"] = {"infer_actors": 1, "cpus_per_actor": 1, "cpus_per_task": 0.5, "docs_per_batch": 256}
     cfg["input"] = {"path": str(corpus)}
     cfg["output"] = {"path": str(out), "min_rows_per_file": 100_000, "max_rows_per_file": 1_000_000}
-    import torch
-
-    from pipeline.models import choose_dtype
-
     cfg_obj = PipelineConfig.from_dict(cfg)
     start = time.perf_counter()  # Ray start-up included: that is what a user waits for
     report = batch.run(cfg_obj, overwrite=True, echo=lambda s: None)

@@ -86,6 +86,7 @@ def ceiling_app(cfg):
     from fastapi import FastAPI
     from ray import serve
 
+    from pipeline.config import MODEL_DEPLOYMENT
     from pipeline.serve import deployment_options
 
     api = FastAPI()
@@ -107,7 +108,7 @@ def ceiling_app(cfg):
         async def healthz(self) -> dict:
             return {"ok": True}
 
-    model = serve.deployment(Echo, name="Model", **deployment_options(cfg.serve.model, cfg)).bind()
+    model = serve.deployment(Echo, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg)).bind()
     ingress = serve.ingress(api)(EchoIngress)
     return serve.deployment(ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg)).bind(model)
 
