@@ -19,7 +19,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.columns import output_fields
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.inputs import InputError, discover, inspect
+from pipeline.inputs import InputError, InputFiles, discover, inspect
 from pipeline.models import source_revision
 from pipeline.publish import SUCCESS, Publisher
 from pipeline.storage import arrow_filesystem, is_s3
@@ -85,29 +85,29 @@ def run(
         pub.clear()
 
     text_col, id_col = cfg.input.text_column, cfg.input.id_column
-    inputs = inspect(
-        discover(in_root, in_fs),
-        in_fs,
-        [text_col, id_col],
-        cfg.input.on_bad_file,
-        id_column=id_col if cfg.input.check_unique_ids else None,
-    )
+    inputs = inspect(discover(in_root, in_fs), in_fs, [text_col, id_col], cfg.input.on_bad_file, id_col)
     for skipped in inputs.skipped:
         echo(f"skipping bad input file {skipped['path']}: {skipped['reason']}")
     columns = _columns(cfg, inputs.schema.names)
     meta = lineage(cfg, date)
-    if cfg.runtime.backend == "serve":  # before any work: the app must hold these very models
-        from pipeline.serve_backend import check_served_models
-
+    counts: dict[str, Any] = {}
+    if not pub.written():
         ensure_ray(address or cfg.ray.address)
-        check_served_models(cfg, meta["models"])
+        if cfg.runtime.backend == "serve":  # before any work: the app must hold these very models
+            from pipeline.serve_backend import check_served_models
+
+            check_served_models(cfg, meta["models"])
+        if cfg.input.check_unique_ids:
+            from pipeline.idcheck import check_unique_ids
+
+            checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
+            counts["id_check_s"] = checked.seconds
     resumed = pub.begin({"config_hash": meta["config_hash"], "date": date, "input": in_path})
     if resumed:
         echo(f"resuming the unfinished run in {out_path}")
 
-    counts: dict[str, float] = {}
     if not pub.written():
-        counts = _execute(cfg, inputs, in_fs, columns, meta, pub, out_fs, address or cfg.ray.address)
+        counts.update(_execute(cfg, inputs, in_fs, columns, meta, pub, out_fs))
         pub.mark_written()
     wall = time.time() - started
     first = counts.pop("first_infer_at", None)
@@ -117,8 +117,9 @@ def run(
     files = pub.data_files()
     report["output_files"] = len(files)
     report["output_rows"] = _count_rows(out_fs, files)
-    if report["output_rows"] != inputs.rows:
-        log.warning("output has %d rows but the input has %d", report["output_rows"], inputs.rows)
+    expected = inputs.rows - report["skipped_rows"]
+    if report["output_rows"] != expected:
+        log.warning("output has %d rows but %d were expected", report["output_rows"], expected)
     pub.publish(report)
     echo(summary(report))
     return report
@@ -145,47 +146,61 @@ def _columns(cfg: PipelineConfig, available: list[str]) -> list[str]:
 
 
 def build_dataset(
-    cfg: PipelineConfig, files: list[str], fs: Any, columns: list[str], meta: dict, tally: str | None
+    cfg: PipelineConfig, inputs: InputFiles, fs: Any, columns: list[str], meta: dict, tally: str | None
 ):
-    """The Ray Data graph, up to (not including) the write."""
+    """The Ray Data graph, up to (not including) the write.
+
+    Three operators, each a pool that runs all the time: read+encode (CPU tasks, fused),
+    infer (actor pool), decode (CPU tasks, fused with the write by `write`). Every stage
+    asks for the same CPU fraction, so fusion happens and no stage can take the CPUs a
+    downstream one needs: output is written, and checkpointed, while the night runs.
+    """
     import ray.data
 
+    from pipeline.reader import ParquetDocs, plan_units
     from pipeline.stages import InferActor, decode_batch, encode_batch
 
     assert cfg.input is not None
     r = cfg.ray
     conf = cfg.model_dump(mode="json")
     text = cfg.input.text_column
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, partitioning=None)
-    # Blocks of one batch each (streaming, no shuffle): encode, infer and decode overlap
-    # and many CPU tasks share the tokenization instead of one task per big block.
-    ds = ds.repartition(target_num_rows_per_block=r.docs_per_batch)
+    units = plan_units(inputs)
+    source = ParquetDocs(units, fs, columns, inputs.schema, r.docs_per_batch, cfg.input.on_bad_file, tally)
+    # One block stream per read unit: no extra split, which would keep the read from fusing.
+    ds = ray.data.read_datasource(source, num_cpus=r.cpus_per_task, override_num_blocks=len(units))
     ds = ds.map_batches(
         encode_batch,
         batch_format="pyarrow",
-        batch_size=r.docs_per_batch,
+        batch_size=None,  # the reader's blocks are already docs_per_batch rows
         num_cpus=r.cpus_per_task,
         fn_kwargs={"config": conf, "text_column": text},
     )
     if cfg.runtime.backend == "serve":  # the running Serve app's Model deployment does the work
         from pipeline.serve_backend import ServeInfer
 
-        infer, cpus, gpus = ServeInfer, r.cpus_per_task, None
+        infer, cpus, gpus, resources = ServeInfer, r.cpus_per_task, None, None
     else:
-        infer, cpus, gpus = InferActor, r.cpus_per_actor, r.gpus_per_actor or None
+        infer, cpus, gpus, resources = (
+            InferActor,
+            r.cpus_per_actor,
+            r.gpus_per_actor or None,
+            r.infer_resources,
+        )
+    low, high = r.actor_pool()
     ds = ds.map_batches(
         infer,
         batch_format="pyarrow",
         batch_size=r.docs_per_batch,
-        compute=ray.data.ActorPoolStrategy(size=r.infer_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
         num_cpus=cpus,
         num_gpus=gpus,
+        resources=resources or None,
         fn_constructor_kwargs={"config": conf, "tally": tally},
     )
     return ds.map_batches(
         decode_batch,
         batch_format="pyarrow",
-        batch_size=r.docs_per_batch,
+        batch_size=None,
         num_cpus=r.cpus_per_task,
         fn_kwargs={
             "config": conf,
@@ -197,7 +212,7 @@ def build_dataset(
     )
 
 
-def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, address) -> dict[str, float]:
+def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[str, Any]:
     import ray
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
@@ -205,7 +220,6 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, address)
     from pipeline.tally import Tally
 
     assert cfg.input is not None and cfg.output is not None
-    ensure_ray(address)
     tally_name = f"bert-pipeline-tally-{uuid.uuid4().hex[:12]}"
     tally = Tally.options(name=tally_name).remote()  # type: ignore[attr-defined]
     ctx = DataContext.get_current()
@@ -215,7 +229,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, address)
         id_column=cfg.input.id_column, checkpoint_path=checkpoint_path, override_filesystem=out_fs
     )
     try:
-        ds = build_dataset(cfg, inputs.files, in_fs, columns, meta, tally_name)
+        ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name)
         compression = None if cfg.output.compression == "none" else cfg.output.compression
         ds.write_parquet(
             pub.data,
@@ -223,8 +237,11 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, address)
             min_rows_per_file=cfg.output.min_rows_per_file,
             max_rows_per_file=cfg.output.max_rows_per_file,
             compression=compression,
+            ray_remote_args={"num_cpus": cfg.ray.cpus_per_task},  # same as decode: the two fuse
         )
-        return ray.get(tally.get.remote())
+        counts: dict[str, Any] = ray.get(tally.get.remote())
+        counts.update(ray.get(tally.get_notes.remote()))
+        return counts
     finally:
         ctx.checkpoint_config = previous
         ray.kill(tally)
@@ -251,8 +268,9 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "output": out_path,
         "resumed": resumed,
         "input_files": len(inputs.files),
-        "skipped_files": inputs.skipped,
+        "skipped_files": inputs.skipped + list(counts.get("skipped_files", [])),
         "input_rows": inputs.rows,
+        "skipped_rows": int(counts.get("skipped_rows", 0)),
         "documents": docs,
         "errors": int(counts.get("errors", 0)),
         "windows": int(counts.get("windows", 0)),
@@ -261,6 +279,7 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "padding_efficiency": round(tokens / padded, 4) if padded else None,
         "forward_s": round(counts.get("forward_s", 0.0), 2),
         "startup_s": round(counts["startup_s"], 2) if "startup_s" in counts else None,
+        "id_check_s": round(counts["id_check_s"], 2) if "id_check_s" in counts else None,
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
         "wall_s": round(wall, 2),
         "docs_per_s": round(docs / wall, 2) if wall > 0 else None,

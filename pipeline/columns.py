@@ -8,11 +8,10 @@ The output schema (label, label_score, entities, error) is fixed here, once.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
 
+from pipeline.decode import Decoded, FlatNer, Outputs
 from pipeline.encode import Encoded, Tokens
 from pipeline.infer import Inferred
 
@@ -119,32 +118,85 @@ def inferred_to_columns(results: list[Inferred]) -> dict[str, pa.Array]:
     }
 
 
-def columns_to_inferred(table: pa.Table, n_ner_labels: int) -> list[Inferred]:
-    cls = from_list_array(table.column(CLS_LOGITS))
-    spans = from_list_array(table.column(NER_SPANS))
-    logits = from_list_array(table.column(NER_LOGITS))
-    errs = _strings(table.column(ERR))
-    out = []
-    for i, err in enumerate(errs):
-        out.append(
-            Inferred(
-                cls_logits=cls[i],
-                ner_spans=spans[i].reshape(-1, 2) if spans[i] is not None else None,
-                ner_logits=logits[i].reshape(-1, n_ner_labels) if logits[i] is not None else None,
-                error=err,
-            )
+def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, offsets from 0, valid) of a list column, without a copy per document."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    return values, offsets - offsets[0], valid
+
+
+def columns_to_outputs(table: pa.Table, n_ner_labels: int | None) -> Outputs:
+    """The model outputs of a batch as flat arrays (what `Decoder.decode_outputs` reads)."""
+    n = table.num_rows
+    errors = _strings(table.column(ERR))
+    logits, offs, cls_valid = _flat(table.column(CLS_LOGITS))
+    cls_logits = None
+    if cls_valid.any():
+        width = int(np.diff(offs)[cls_valid][0])
+        cls_logits = np.zeros((n, width), np.float32)
+        cls_logits[cls_valid] = logits.reshape(-1, width)
+    ner = None
+    spans, span_offs, ner_valid = _flat(table.column(NER_SPANS))
+    if n_ner_labels:
+        ids, tok_start, _ = _flat(table.column(IDS))
+        offsets, _, _ = _flat(table.column(OFFSETS))
+        ner_logits, _, _ = _flat(table.column(NER_LOGITS))
+        ner = FlatNer(
+            ids=ids,
+            offsets=offsets.reshape(-1, 2),
+            tok_start=tok_start,
+            spans=spans.reshape(-1, 2),
+            win_start=span_offs // 2,
+            logits=ner_logits.reshape(-1, n_ner_labels),
         )
-    return out
+    return Outputs(errors, cls_logits, cls_valid, ner, ner_valid)
 
 
 # -- decode -> output ---------------------------------------------------------------------
-def rows_to_columns(rows: list[dict[str, Any]], prefix: str = "", top_k: bool = False) -> dict[str, pa.Array]:
-    fields = output_fields(prefix, top_k)
-    out = {}
-    for f in fields:
-        key = f.name[len(prefix) :]
-        out[f.name] = pa.array([r.get(key) for r in rows], f.type)
-    return out
+def entities_to_array(decoded: Decoded) -> pa.Array:
+    """The entities column straight from the flat entities: no dict per entity."""
+    n = len(decoded.error)
+    found, keep = decoded.found, decoded.keep
+    if found is None or keep is None:
+        return pa.array(decoded.entities, pa.list_(ENTITY))
+    counts = np.diff(found.bounds)
+    owner = np.repeat(np.arange(n), counts)
+    rows = np.flatnonzero(keep[owner])
+    owner = owner[rows]
+    starts, ends = found.start[rows], found.end[rows]
+    texts = decoded.texts
+    struct = pa.StructArray.from_arrays(
+        [
+            pa.array([found.label[r] for r in rows.tolist()], pa.string()),
+            pa.array(
+                [
+                    texts[d][a:b]
+                    for d, a, b in zip(owner.tolist(), starts.tolist(), ends.tolist(), strict=True)
+                ],  # type: ignore[index]
+                pa.string(),
+            ),
+            pa.array(starts.astype(np.int32)),
+            pa.array(ends.astype(np.int32)),
+            pa.array(found.score[rows].astype(np.float32)),
+        ],
+        fields=list(ENTITY),
+    )
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.where(keep, counts, 0), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), struct, mask=pa.array(~keep))
+
+
+def decoded_to_columns(decoded: Decoded, prefix: str = "", top_k: bool = False) -> dict[str, pa.Array]:
+    values = {
+        "label": pa.array(decoded.label, pa.string()),
+        "label_score": pa.array(decoded.label_score, pa.float32()),
+        "labels": pa.array(decoded.labels, pa.list_(TOP_LABEL)) if top_k else None,
+        "entities": entities_to_array(decoded),
+        "error": pa.array(decoded.error, pa.string()),
+    }
+    return {f.name: values[f.name[len(prefix) :]] for f in output_fields(prefix, top_k)}
 
 
 def replace_columns(table: pa.Table, cols: dict[str, pa.Array], drop: tuple[str, ...] = ()) -> pa.Table:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 Aggregation = Literal["none", "simple", "first", "average", "max"]
 DType = Literal["auto", "fp32", "fp16", "bf16"]
@@ -32,6 +33,15 @@ class S3Options(_Strict):
     endpoint_url: str | None = None
     region: str | None = None
     anonymous: bool = False
+    max_attempts: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="attempts per S3 request (pyarrow's and botocore's standard retry mode: "
+        "throttling, 5xx and dropped connections are retried with backoff)",
+    )
+    connect_timeout_s: float | None = Field(None, gt=0, description="default: the library's")
+    request_timeout_s: float | None = Field(None, gt=0, description="default: the library's")
 
 
 class ModelSpec(_Strict):
@@ -92,17 +102,45 @@ class RuntimeConfig(_Strict):
     )
 
 
+class ActorRange(_Strict):
+    """An autoscaling actor pool: Ray Data adds actors up to `max` while work waits and resources allow."""
+
+    min: int = Field(1, ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActorRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
 class RayConfig(_Strict):
     """Where the batch job runs and how its stages share the cluster."""
 
     address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS or a local instance")
-    infer_actors: int = Field(1, ge=1, description="size of the fixed inference actor pool")
+    infer_actors: PositiveInt | ActorRange = Field(
+        1,
+        description="inference actor pool: a fixed size, or {min, max} for a pool that grows as "
+        "(GPU) nodes join the cluster and starts as soon as `min` actors are up",
+    )
     gpus_per_actor: float = Field(0, ge=0, description="GPUs each inference actor reserves (1 on GPU nodes)")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs each inference actor reserves")
+    infer_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each inference actor reserves, to pin actors to a node type "
+        "(e.g. {inference_node: 1} with `ray start --resources='{\"inference_node\": 1}'`)",
+    )
     cpus_per_task: float = Field(0.5, gt=0, description="CPUs each encode/decode task reserves")
     docs_per_batch: int = Field(
         256, ge=1, description="documents per stage call; more = tighter length sorting"
     )
+
+    def actor_pool(self) -> tuple[int, int]:
+        """(min, max) size of the inference actor pool."""
+        if isinstance(self.infer_actors, int):
+            return self.infer_actors, self.infer_actors
+        return self.infer_actors.min, self.infer_actors.max
 
 
 class InputConfig(_Strict):
@@ -251,14 +289,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+_UNION_TAG = re.compile(r"[\[(]|^(constrained-)?(int|float|str|bool|dict)$")
+_WRONG_BRANCH = {"int_type", "int_parsing", "float_type", "string_type", "dict_type", "model_type"}
+
+
 def _explain(exc: ValidationError) -> str:
-    lines = []
+    found = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # Union members show up in the location as tags ("constrained-int", "function-after[...]").
+        where = ".".join(str(p) for p in err["loc"] if not _UNION_TAG.search(str(p))) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        lines.append(f"{where}: {msg}")
-    return "invalid config: " + "; ".join(lines)
+        found.append((where, msg, err["type"]))
+    # In a union, "not an int" is noise when the dict branch says what is wrong, and vice versa.
+    lines = [
+        f"{where}: {msg}"
+        for where, msg, kind in found
+        if kind not in _WRONG_BRANCH
+        or not any(w.startswith(where) and k not in _WRONG_BRANCH for w, _, k in found)
+    ]
+    return "invalid config: " + "; ".join(dict.fromkeys(lines))

@@ -1,8 +1,10 @@
 """The model runner shared by the Ray Data inference actor and the Serve model replica.
 
 Windows from many documents are pooled, sorted by length, run in micro-batches of at most
-`batch_size` (cut early at big length jumps) padded only up to a multiple of `pad_multiple`
-(8 on CUDA, none on CPU), and scattered back in input order. A
+`batch_size` padded only up to a multiple of `pad_multiple` (8 on CUDA, none on CPU), and
+scattered back in input order. Batches are cut where the lengths jump: on a CPU where the
+next sequence would lower the batch's tokens per second (padding against the measured cost
+of one more call), on a GPU where padding would pass 10%. A
 micro-batch that fails is retried one sequence at a time, so one poisoned input costs one
 row an error instead of failing its neighbours.
 """
@@ -53,11 +55,45 @@ class RunStats:
         }
 
 
-# A batch is closed early when its padding efficiency (real / padded tokens) would fall under
-# MIN_EFFICIENCY, but only once it holds MIN_TOKENS of work: a GPU wants big batches, a CPU
-# loses nothing on small ones but pays for every padded token.
+# On CUDA a batch is closed early when its padding efficiency (real / padded tokens) would fall
+# under MIN_EFFICIENCY, but only once it holds MIN_TOKENS of work: a GPU wants big batches.
 CUDA_CUT = (0.9, 8192)  # (MIN_EFFICIENCY, MIN_TOKENS)
-CPU_CUT = (0.98, 256)  # measured: same speed as (0.97, 512) on 2 cores, 97-98% instead of 94-96% padding
+# On a CPU time grows with padded tokens plus a fixed cost per call (Python and kernel launch
+# overhead), measured in tokens it is worth: small for BERT-base, large for tiny models on short
+# texts. Until measured (ForwardCost), this guess.
+CPU_OVERHEAD_TOKENS = 32.0
+
+
+class ForwardCost:
+    """Forward seconds ~= overhead + per_token * padded tokens, fitted on recent batches.
+
+    Sums decay so the fit follows the machine (other processes, thermal state) as it changes.
+    """
+
+    def __init__(self, decay: float = 0.99) -> None:
+        self.decay = decay
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        d = self.decay
+        self.n = self.n * d + 1
+        self.sx = self.sx * d + tokens
+        self.sy = self.sy * d + seconds
+        self.sxx = self.sxx * d + tokens * tokens
+        self.sxy = self.sxy * d + tokens * seconds
+
+    def overhead_tokens(self, default: float) -> float:
+        """How many padded tokens cost as much as one call's fixed overhead (default until known)."""
+        if self.n < 8:
+            return default
+        var = self.n * self.sxx - self.sx * self.sx
+        if var <= 1e-6 * self.n * self.sxx:  # every batch the same size: no slope to fit
+            return default
+        slope = (self.n * self.sxy - self.sx * self.sy) / var
+        overhead = (self.sy - slope * self.sx) / self.n
+        if slope <= 0 or overhead <= 0:
+            return default
+        return overhead / slope
 
 
 class ModelRunner:
@@ -75,7 +111,7 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         # Tensor cores want multiples of 8; a CPU gains nothing from padding at all.
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
-        self.min_efficiency, self.min_tokens = CUDA_CUT if self.device.type == "cuda" else CPU_CUT
+        self.cost = ForwardCost()
         self.stats = RunStats()
         self._torch = torch
 
@@ -84,13 +120,16 @@ class ModelRunner:
         return min(-(-longest // m) * m, max(self.max_length, longest))
 
     def plan(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
-        """Cut length-sorted sequences into micro-batches of at most `batch_size`.
+        """Cut length-sorted (longest first) sequences into micro-batches of at most `batch_size`."""
+        if self.device.type == "cuda":
+            return self._plan_gpu(sorted_lengths, order)
+        return self._plan_cpu(sorted_lengths, order)
 
-        A batch also closes early when the next (shorter) sequence would push its padding
-        efficiency under min_efficiency, once it already holds min_tokens of work: at a
-        jump from 512-token windows to 40-token ones, the short ones start a batch of
-        their own instead of being padded to 512.
-        """
+    def _plan_gpu(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+        """Close a batch when the next (shorter) sequence would push its padding efficiency
+        under MIN_EFFICIENCY, once it already holds MIN_TOKENS of work: at a jump from
+        512-token windows to 40-token ones, the short ones start a batch of their own."""
+        min_efficiency, min_tokens = CUDA_CUT
         batches = []
         n, i = len(order), 0
         while i < n:
@@ -98,9 +137,30 @@ class ModelRunner:
             total, j = int(sorted_lengths[i]), i + 1
             while j < n and j - i < self.batch_size:
                 grown = total + int(sorted_lengths[j])
-                if grown < self.min_efficiency * (j - i + 1) * width and (j - i) * width >= self.min_tokens:
+                if grown < min_efficiency * (j - i + 1) * width and (j - i) * width >= min_tokens:
                     break
                 total, j = grown, j + 1
+            batches.append(order[i:j])
+            i = j
+        return batches
+
+    def _plan_cpu(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+        """Add the next sequence while it raises the batch's real tokens per second.
+
+        A batch of k sequences, width W and R real tokens takes ~ (c + k*W) token-times, c the
+        call overhead in tokens. Adding a sequence of length l pays when
+        (R + l) / (c + (k+1) W) > R / (c + k W), i.e. l * (c + k W) > R * W.
+        """
+        c = self.cost.overhead_tokens(CPU_OVERHEAD_TOKENS)
+        lengths = sorted_lengths.tolist()
+        batches = []
+        n, i = len(order), 0
+        while i < n:
+            width = self.padded_length(lengths[i])
+            real, j = lengths[i], i + 1
+            while j < n and j - i < self.batch_size and lengths[j] * (c + (j - i) * width) > real * width:
+                real += lengths[j]
+                j += 1
             batches.append(order[i:j])
             i = j
         return batches
@@ -144,7 +204,9 @@ class ModelRunner:
                 attention_mask=torch.from_numpy(mask).to(self.device, non_blocking=True),
             ).logits
             out = logits.float().cpu().numpy()
-        self.stats.forward_s += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.cost.add(ids.size, seconds)
+        self.stats.forward_s += seconds
         self.stats.sequences += len(batch)
         self.stats.batches += 1
         self.stats.real_tokens += int(lens.sum())

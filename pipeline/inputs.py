@@ -2,9 +2,11 @@
 
 Each file's footer and schema are read up front (in parallel; cheap even on S3), so a
 truncated file, a non-Parquet file or a missing column stops the job at once with the
-file named, or is skipped and listed in the run report when `on_bad_file: skip`. The id
-column alone is read too: resume skips the ids already written, so ids must be unique and
-not null, and a night that breaks that is refused before it starts.
+file named, or is skipped and listed in the run report when `on_bad_file: skip`. A
+transient storage error (throttling, 5xx, a dropped connection) is never taken for a bad
+file: past the retries it fails the check naming the operation and the key. The driver
+keeps one small record per file (path, row-group sizes); the ids themselves are checked on
+the cluster (`pipeline.idcheck`), so nothing here grows with the number of rows.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from pipeline.storage import StorageError, is_transient
 
 
 class InputError(RuntimeError):
@@ -29,6 +32,7 @@ class InputFiles:
     rows: int
     schema: pa.Schema
     skipped: list[dict[str, str]] = field(default_factory=list)
+    row_groups: list[tuple[int, ...]] = field(default_factory=list)  # rows per row group, per file
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -38,6 +42,17 @@ def _hidden(path: str, root: str) -> bool:
 
 def discover(path: str, fs: pafs.FileSystem) -> list[str]:
     """Parquet files at a file path, under a directory (recursively), or matching a glob."""
+    try:
+        return _discover(path, fs)
+    except (InputError, StorageError):
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise StorageError("list", path, exc) from exc
+        raise
+
+
+def _discover(path: str, fs: pafs.FileSystem) -> list[str]:
     if any(c in path for c in "*?["):
         root = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -57,43 +72,20 @@ def discover(path: str, fs: pafs.FileSystem) -> list[str]:
     return found
 
 
-Footer = tuple[pa.Schema, int, pa.ChunkedArray | None]
+Footer = tuple[pa.Schema, int, tuple[int, ...]]
 
 
-def _footer(fs: pafs.FileSystem, path: str, id_column: str | None) -> Footer | str:
-    """Schema, row count and (when asked and present) the id column of one file, or why not."""
+def _footer(fs: pafs.FileSystem, path: str) -> Footer | str:
+    """Schema, row count and row-group sizes of one file, or why it is not a usable Parquet file."""
     try:
         with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            schema = pf.metadata.schema.to_arrow_schema()
-            ids = None
-            if id_column and id_column in schema.names:
-                ids = pf.read(columns=[id_column]).column(0)
-            return schema, pf.metadata.num_rows, ids
+            meta = pq.ParquetFile(f).metadata
+            groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            return meta.schema.to_arrow_schema(), meta.num_rows, groups
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes a reason
+        if is_transient(exc):
+            raise StorageError("read the footer of", path, exc) from exc
         return f"not a readable Parquet file ({type(exc).__name__}: {exc})"
-
-
-def check_unique_ids(ids: list[pa.ChunkedArray], id_column: str) -> None:
-    """Refuse null or repeated ids: resume skips written ids, so each must name one row."""
-    chunks = [c for a in ids for c in a.chunks]
-    if not chunks:
-        return
-    try:
-        column = pa.chunked_array([c.cast(chunks[0].type) for c in chunks])
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputError(f"column {id_column!r} has different types in different files: {exc}") from exc
-    if column.null_count:
-        raise InputError(f"{column.null_count} input rows have a null {id_column!r}; every row needs an id")
-    counts = pc.value_counts(column)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        examples = ", ".join(repr(v) for v in repeated.field("values")[:5].to_pylist())
-        raise InputError(
-            f"{len(repeated)} ids occur more than once in column {id_column!r} (e.g. {examples}): "
-            "ids must be unique, because resume skips the ids already written. De-duplicate the "
-            "input, or set input.check_unique_ids: false if you accept that risk"
-        )
 
 
 def inspect(
@@ -101,17 +93,17 @@ def inspect(
     fs: pafs.FileSystem,
     required: list[str],
     on_bad_file: str,
-    threads: int = 16,
     id_column: str | None = None,
+    threads: int = 16,
 ) -> InputFiles:
-    """Check every file; with `id_column`, also that ids are unique and not null across all of them."""
+    """Check every file's footer: readable Parquet, the required columns, one id type everywhere."""
     with ThreadPoolExecutor(max_workers=min(threads, max(1, len(files)))) as pool:
-        footers = list(pool.map(lambda p: _footer(fs, p, id_column), files))
+        footers = list(pool.map(lambda p: _footer(fs, p), files))
     good: list[str] = []
+    groups: list[tuple[int, ...]] = []
     skipped: list[dict[str, str]] = []
     schema: pa.Schema | None = None
     rows = 0
-    ids: list[pa.ChunkedArray] = []
     readable = [f for f in footers if not isinstance(f, str)]
     if readable and all(any(c not in s.names for c in required) for s, _, _ in readable):
         s0 = readable[0][0]
@@ -124,13 +116,13 @@ def inspect(
         if isinstance(footer, str):
             reason = footer
         else:
-            s, n, file_ids = footer
+            s, n, row_groups = footer
             missing = [c for c in required if c not in s.names]
             if not missing:
+                _same_id_type(schema, s, id_column, path)
                 good.append(path)
+                groups.append(row_groups)
                 rows += n
-                if file_ids is not None:
-                    ids.append(file_ids)
                 schema = schema or s
                 continue
             reason = f"no column {', '.join(map(repr, missing))} (columns: {', '.join(s.names)})"
@@ -144,6 +136,14 @@ def inspect(
             "no usable input files: " + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped)
         )
     assert schema is not None
-    if id_column:
-        check_unique_ids(ids, id_column)
-    return InputFiles(good, rows, schema, skipped)
+    return InputFiles(good, rows, schema, skipped, groups)
+
+
+def _same_id_type(first: pa.Schema | None, schema: pa.Schema, id_column: str | None, path: str) -> None:
+    """Ids are compared across files (uniqueness, resume), so all files must agree on their type."""
+    if first is None or id_column is None:
+        return
+    a, b = first.field(id_column).type, schema.field(id_column).type
+    kinds = (pa.types.is_integer, lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))
+    if a != b and not any(kind(a) and kind(b) for kind in kinds):
+        raise InputError(f"column {id_column!r} is {b} in {path} but {a} in other files: use one type")

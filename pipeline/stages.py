@@ -17,12 +17,12 @@ import pyarrow as pa
 from pipeline.columns import (
     CLS_IDS,
     columns_to_encoded,
-    columns_to_inferred,
+    columns_to_outputs,
+    decoded_to_columns,
     encoded_to_columns,
     inferred_to_columns,
     internal_columns,
     replace_columns,
-    rows_to_columns,
 )
 from pipeline.config import PipelineConfig
 from pipeline.decode import Decoder
@@ -126,13 +126,12 @@ def decode_batch(
     """CPU task: logits -> label, label_score, entities, error; internal columns dropped."""
     models: dict[Task, LoadedModel] = _cached("models", config, _light_models)
     decoder: Decoder = _cached("decoder", config, lambda cfg: Decoder(models))
-    n_ner = len(models["ner"].id2label) if "ner" in models else 1
+    n_ner = len(models["ner"].id2label) if "ner" in models else None
     texts = table.column(text_column).to_pylist()
-    docs = columns_to_encoded(table, False, "ner" in models)  # decode reads only the NER stream
-    rows = decoder.decode(texts, docs, columns_to_inferred(table, n_ner))
-    top_k = decoder.cls is not None and bool(decoder.cls.top_k)
-    out = replace_columns(table, rows_to_columns(rows, prefix, top_k), drop=internal_columns(table))
+    decoded = decoder.decode_outputs(texts, columns_to_outputs(table, n_ner))
+    columns = decoded_to_columns(decoded, prefix, decoder.top_k)
+    out = replace_columns(table, columns, drop=internal_columns(table))
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = metadata.encode()
-    report(tally, {"documents": len(rows), "errors": sum(r["error"] is not None for r in rows)})
+    report(tally, {"documents": len(texts), "errors": sum(e is not None for e in decoded.error)})
     return out.replace_schema_metadata(meta)

@@ -1,13 +1,18 @@
 """Filesystems for local paths and s3:// URIs, built from one set of S3 options.
 
 Model downloads, Parquet reads and writes all go through here, so an S3-compatible
-endpoint (MinIO, moto, Ceph) configured once applies everywhere. Credentials come from
-the standard AWS chain (environment, profile, instance role) and are never logged.
+endpoint (MinIO, moto, Ceph) and the retry policy configured once apply everywhere.
+Retries are the libraries' own (pyarrow's AWS standard retry strategy, botocore's
+"standard" mode): throttling, 5xx answers and dropped connections are retried with
+backoff. What still fails after them is told apart from a bad file (`is_transient`) and
+reported as a `StorageError` naming the operation and the key. Credentials come from the
+standard AWS chain (environment, profile, instance role) and are never logged.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -16,6 +21,63 @@ if TYPE_CHECKING:
     import s3fs
 
     from pipeline.config import S3Options
+
+
+class StorageError(RuntimeError):
+    """A storage operation that still failed after the configured retries (throttling, 5xx, network)."""
+
+    def __init__(self, operation: str, key: str, cause: BaseException | str) -> None:
+        reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {_first_line(cause)}"
+        super().__init__(
+            f"could not {operation} {key} after the configured retries ({reason}); nothing was "
+            "published: run the same command again to resume (raise s3.max_attempts if this repeats)"
+        )
+        self.operation, self.key = operation, key
+
+    def __reduce__(self):  # crosses Ray task boundaries intact
+        return (_rebuild_storage_error, (self.args[0], self.operation, self.key))
+
+
+def _rebuild_storage_error(message: str, operation: str, key: str) -> StorageError:
+    err = StorageError.__new__(StorageError)
+    RuntimeError.__init__(err, message)
+    err.operation, err.key = operation, key
+    return err
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# What the AWS C++ SDK (pyarrow), botocore and the OS say when a request may succeed if tried
+# again. A missing key, a denied request or a file that is not Parquet is never in this list.
+_TRANSIENT = re.compile(
+    r"SLOW_DOWN|SlowDown|THROTTL|Throttl|SERVICE_UNAVAILABLE|ServiceUnavailable|INTERNAL_FAILURE|"
+    r"InternalError|NETWORK_CONNECTION|REQUEST_TIMEOUT|RequestTimeout|HTTP status 5\d\d|"
+    r"HTTP response code: 5\d\d|curlCode: (?:7|18|28|52|55|56)|Connection reset|"
+    r"Connection refused|Connection was closed|connection.*(?:closed|aborted|broken)|"
+    r"Timeout was reached|timed out|Broken pipe|Remote end closed|IncompleteRead|"
+    r"Unable to connect|Could not connect|EndpointConnectionError|ReadTimeout|ConnectTimeout",
+    re.IGNORECASE,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the error says "try again later", not "this file is bad"."""
+    if isinstance(exc, StorageError):
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # look through wrapped causes too
+        seen.add(id(exc))
+        if _TRANSIENT.search(f"{type(exc).__name__}: {exc}"):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def is_s3(path: str) -> bool:
@@ -38,9 +100,20 @@ def s3_filesystem(options: S3Options) -> s3fs.S3FileSystem:
         anon=options.anonymous,
         endpoint_url=options.endpoint_url,
         client_kwargs=client_kwargs,
+        # botocore's own retries; s3fs adds its own few on top for the errors it knows.
+        config_kwargs=_botocore_config(options),
         # A fresh instance per call: cached instances keep listings that go stale between runs.
         skip_instance_cache=True,
     )
+
+
+def _botocore_config(options: S3Options) -> dict:
+    config: dict = {"retries": {"max_attempts": options.max_attempts, "mode": "standard"}}
+    if options.connect_timeout_s is not None:
+        config["connect_timeout"] = options.connect_timeout_s
+    if options.request_timeout_s is not None:
+        config["read_timeout"] = options.request_timeout_s
+    return config
 
 
 def arrow_filesystem(path: str, options: S3Options) -> tuple[pafs.FileSystem, str]:
@@ -49,7 +122,12 @@ def arrow_filesystem(path: str, options: S3Options) -> tuple[pafs.FileSystem, st
 
     if not is_s3(path):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    kwargs: dict = {"anonymous": options.anonymous}
+    kwargs: dict = {
+        "anonymous": options.anonymous,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
+        "connect_timeout": options.connect_timeout_s,
+        "request_timeout": options.request_timeout_s,
+    }
     if options.region:
         kwargs["region"] = options.region
     if options.endpoint_url:

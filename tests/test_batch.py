@@ -181,7 +181,7 @@ def test_killed_inference_actor_loses_no_rows(ray_cluster, tiny_models, tmp_path
         ([1, None, 3], "1 input rows have a null 'id'"),
     ],
 )
-def test_repeated_or_null_ids_stop_before_any_work(tiny_models, tmp_path, ids, message):
+def test_repeated_or_null_ids_stop_before_any_work(ray_cluster, tiny_models, tmp_path, ids, message):
     import pyarrow as pa
 
     (tmp_path / "in").mkdir()

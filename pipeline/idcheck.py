@@ -1,0 +1,124 @@
+"""Ids unique and not null across the whole input, checked on the cluster before any work.
+
+Resume skips the ids already written, so a repeated id would lose a row on resume and a
+null one could not be resumed at all. Split tasks read the id column of a share of the
+files and send each id to one of `parts` partitions by hash; one task per partition then
+looks for repeats. Every task holds at most about `CHUNK_IDS` ids and the driver holds
+object refs and counters only, so the check costs the same memory at any corpus size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from pipeline.inputs import InputError, InputFiles
+from pipeline.storage import StorageError, is_transient
+
+CHUNK_IDS = 250_000
+MAX_PARTS = 256
+
+
+@dataclass
+class IdCheck:
+    ids: int
+    seconds: float
+    tasks: int
+
+
+def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float) -> IdCheck:
+    """Raise InputError naming some repeated ids (or counting null ones); else say what it cost."""
+    started = time.time()
+    parts = max(1, min(MAX_PARTS, math.ceil(inputs.rows / CHUNK_IDS)))
+    split = _split.options(num_cpus=cpus, num_returns=parts + 1)
+    shares = [split.remote(paths, fs, id_column, parts) for paths in _shares(inputs)]
+    nulls = sum(ray.get([share[0] for share in shares]))
+    if nulls:
+        raise InputError(f"{nulls} input rows have a null {id_column!r}; every row needs an id")
+    find = _repeats.options(num_cpus=cpus)
+    found = ray.get([find.remote(*[share[1 + p] for share in shares]) for p in range(parts)])
+    repeated = sum(n for n, _ in found)
+    if repeated:
+        examples = ", ".join(repr(v) for _, ex in found for v in ex)
+        raise InputError(
+            f"{repeated} ids occur more than once in column {id_column!r} (e.g. {examples}): "
+            "ids must be unique, because resume skips the ids already written. De-duplicate the "
+            "input, or set input.check_unique_ids: false if you accept that risk"
+        )
+    return IdCheck(inputs.rows, time.time() - started, len(shares) + parts)
+
+
+def _shares(inputs: InputFiles) -> list[list[str]]:
+    """Consecutive files grouped into shares of about CHUNK_IDS rows."""
+    shares: list[list[str]] = []
+    rows = 0
+    for path, groups in zip(inputs.files, inputs.row_groups, strict=True):
+        n = sum(groups)
+        if not shares or (rows + n > CHUNK_IDS and shares[-1]):
+            shares.append([])
+            rows = 0
+        shares[-1].append(path)
+        rows += n
+    return shares
+
+
+def _bucket(values: pa.Array, parts: int) -> np.ndarray:
+    """Partition index of every id: a multiplicative hash for integers, pandas' hash otherwise."""
+    if parts == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    if pa.types.is_integer(values.type):
+        mixed = values.cast(pa.int64()).to_numpy().view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return ((mixed >> np.uint64(32)) % np.uint64(parts)).astype(np.int64)
+    import pandas as pd
+
+    return (pd.util.hash_array(values.to_numpy(zero_copy_only=False)) % np.uint64(parts)).astype(np.int64)
+
+
+def _canonical(values: pa.Array) -> pa.Array:
+    if pa.types.is_integer(values.type):
+        return values.cast(pa.int64())
+    if pa.types.is_string(values.type):
+        return values.cast(pa.large_string())
+    return values
+
+
+@ray.remote
+def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
+    nulls = 0
+    pieces: list[list[pa.Array]] = [[] for _ in range(parts)]
+    for path in paths:
+        try:
+            with fs.open_input_file(path) as f:
+                column = pq.ParquetFile(f).read(columns=[id_column]).column(0)
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise StorageError("read the ids of", path, exc) from None
+            raise InputError(f"input file {path} became unreadable during the id check: {exc}") from None
+        values = _canonical(column.combine_chunks())
+        nulls += values.null_count
+        values = values.drop_null()
+        which = _bucket(values, parts)
+        order = np.argsort(which, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=parts))])
+        ordered = values.take(pa.array(order))
+        for p in range(parts):
+            pieces[p].append(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]))
+    return (nulls, *[pa.chunked_array(p) if p else pa.chunked_array([], pa.int64()) for p in pieces])
+
+
+@ray.remote
+def _repeats(*pieces: pa.ChunkedArray) -> tuple[int, list]:
+    chunks = [c for p in pieces for c in p.chunks if len(c)]
+    if not chunks:
+        return 0, []
+    counts = pc.value_counts(pa.chunked_array(chunks))
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    return len(repeated), repeated.field("values")[:5].to_pylist()
