@@ -21,8 +21,9 @@ from pipeline.columns import output_fields
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.inputs import InputError, InputFiles, discover, inspect
 from pipeline.models import source_revision
+from pipeline.placement import PlacementWatch, actor_needs
 from pipeline.publish import SUCCESS, Publisher
-from pipeline.storage import arrow_filesystem, is_s3
+from pipeline.storage import StorageError, arrow_filesystem, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -228,23 +229,51 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
     ctx.checkpoint_config = CheckpointConfig(
         id_column=cfg.input.id_column, checkpoint_path=checkpoint_path, override_filesystem=out_fs
     )
+    ctx.raise_original_map_exception = True  # our errors arrive as themselves (see _our_error)
+    r = cfg.ray
+    need = actor_needs(r.cpus_per_actor, r.gpus_per_actor, r.infer_resources)
+    if cfg.runtime.backend == "serve":
+        need = actor_needs(r.cpus_per_task, 0, {})
     try:
         ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name)
         compression = None if cfg.output.compression == "none" else cfg.output.compression
-        ds.write_parquet(
-            pub.data,
-            filesystem=out_fs,
-            min_rows_per_file=cfg.output.min_rows_per_file,
-            max_rows_per_file=cfg.output.max_rows_per_file,
-            compression=compression,
-            ray_remote_args={"num_cpus": cfg.ray.cpus_per_task},  # same as decode: the two fuse
-        )
+        with PlacementWatch(need, r.actor_node_timeout_s) as watch:
+            try:
+                ds.write_parquet(
+                    pub.data,
+                    filesystem=out_fs,
+                    min_rows_per_file=cfg.output.min_rows_per_file,
+                    max_rows_per_file=cfg.output.max_rows_per_file,
+                    compression=compression,
+                    ray_remote_args={"num_cpus": r.cpus_per_task},  # same as decode: the two fuse
+                )
+            except KeyboardInterrupt:
+                watch.check()  # the watch stopped the run: say why, in one line
+                raise
+            except Exception as exc:
+                ours = _our_error(exc)
+                if ours is None:
+                    raise
+                raise ours from None  # one clear line, not the remote traceback
         counts: dict[str, Any] = ray.get(tally.get.remote())
         counts.update(ray.get(tally.get_notes.remote()))
         return counts
     finally:
         ctx.checkpoint_config = previous
         ray.kill(tally)
+
+
+def _our_error(exc: BaseException) -> Exception | None:
+    """The InputError or StorageError a stage raised, out of Ray's wrappers, or None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if type(cur) in (InputError, StorageError):
+            return cur  # type: ignore[return-value]
+        cause = getattr(cur, "cause", None)  # RayTaskError keeps the remote exception here
+        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
+    return None
 
 
 def _count_rows(fs: Any, files: list[str]) -> int:

@@ -32,7 +32,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import batch
     from pipeline.inputs import InputError
+    from pipeline.placement import NoActorNodeError
     from pipeline.publish import OutputError
+    from pipeline.storage import StorageError
 
     cfg = _load_config(args)
     try:
@@ -40,6 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (InputError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (StorageError, NoActorNodeError) as exc:  # worth a retry later: the run resumes
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.show and report.get("status") == "complete":
         _show_rows(cfg, report, args.show)
     return 0
@@ -117,7 +122,7 @@ def cmd_models_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = {"throughput": "bench.throughput", "serve-load": "bench.serve_load"}
+BENCHES = {"throughput": "bench.throughput", "serve-load": "bench.serve_load", "scale": "bench.scale"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -200,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models_random)
 
     p = sub.add_parser(
-        "bench", help="benchmarks: throughput (vs HF pipelines, Ray Data recipe) or serve-load"
+        "bench",
+        help="benchmarks: throughput (vs HF pipelines, Ray Data recipe), serve-load, scale (100k/1M docs)",
     )
     p.add_argument("bench", choices=sorted(BENCHES))
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --quick; see --help")

@@ -135,6 +135,12 @@ class RayConfig(_Strict):
     docs_per_batch: int = Field(
         256, ge=1, description="documents per stage call; more = tighter length sorting"
     )
+    actor_node_timeout_s: float = Field(
+        600,
+        gt=0,
+        description="fail the night when no alive node can host an inference actor for this long "
+        "(lost nodes; leaves an autoscaler time to add one)",
+    )
 
     def actor_pool(self) -> tuple[int, int]:
         """(min, max) size of the inference actor pool."""

@@ -1,0 +1,288 @@
+"""Scale benchmark: `pipeline run` on 100k and 1M short documents, on a local multi-node cluster.
+
+    python -m bench.scale                    # full run (100k + 1M, kill/resume checks), ~25 min here
+    python -m bench.scale --quick            # smoke size (CI): a few thousand documents
+
+Each run gets a fresh cluster started the way an operator starts one (`ray start --head`
+with no CPUs, a worker node that holds the inference actor through a custom resource, a
+worker node for the CPU stages), tiny random-weight models (the framework is measured, not
+the model), many Parquet files of short documents, and a sampler that records once a second
+the memory of each kind of process, the object store and the documents written. Reports,
+per size: wall time, start-up, documents/s after start-up, peak memory per process kind,
+spill; the growth of each from the smallest to the largest size; and the durable-progress
+check: a run SIGKILLed at 60% of its expected time, then resumed. A benchmark, not a test:
+it prints figures and never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.cluster import LocalCluster, Node
+from bench.corpus import write_parquet
+from bench.sampler import KINDS, Sampler
+
+FILE_ROWS = 10_000  # input rows per Parquet file, like a night's many files
+LAYOUTS = {
+    # head: driver + GCS only; node A: the inference actor; node B: read/encode, decode/write
+    "multi": lambda: LocalCluster(
+        [Node(cpus=1, resources={"inference_node": 1}), Node(cpus=1)], head=Node(cpus=0, object_store_gib=0.5)
+    ),
+    # the quickstart: one node with both cores
+    "single": lambda: LocalCluster(
+        [], head=Node(cpus=2, resources={"inference_node": 1}, object_store_gib=1.5)
+    ),
+}
+
+
+def corpus(root: Path, n: int) -> Path:
+    path = root / f"corpus-{n}"
+    marker = path / "_rows"
+    if not (marker.exists() and marker.read_text() == str(n)):
+        write_parquet(path, n, seed=n, mix="short", files=max(1, n // FILE_ROWS))
+        marker.write_text(str(n))
+    return path
+
+
+def config(root: Path, models: tuple[Path, Path], data: Path, out: Path, docs_per_batch: int) -> Path:
+    cfg = {
+        "models": {
+            "classifier": {"source": str(models[0]), "max_length": 512},
+            "ner": {"source": str(models[1]), "max_length": 512, "stride": 128, "aggregation": "first"},
+        },
+        "runtime": {"batch_size": 128, "dtype": "auto", "num_threads": 1},
+        "ray": {
+            "infer_actors": 1,
+            "cpus_per_actor": 1,
+            "cpus_per_task": 0.5,
+            "docs_per_batch": docs_per_batch,
+            "infer_resources": {"inference_node": 1},
+        },
+        "input": {"path": str(data)},
+        "output": {"path": str(out), "min_rows_per_file": FILE_ROWS, "max_rows_per_file": 100_000},
+        "cache_dir": str(root / "cache"),
+    }
+    path = root / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _command(cfg: Path, address: str, overwrite: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--address", address, "--show", "0"]
+    return cmd + (["--overwrite"] if overwrite else [])
+
+
+def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after: float | None = None) -> dict:
+    """One `pipeline run` (sampled); with kill_after, SIGKILL it then and report the checkpoint."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    started = time.time()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            _command(cfg, cluster.address, overwrite=True),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        with Sampler(proc.pid, cluster.temp_dir, cluster.address, out) as sampler:
+            try:
+                proc.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    result: dict = {
+        "wall_s": round(time.time() - started, 1),
+        "returncode": proc.returncode,
+        "peak_mib": sampler.peaks_mib(),
+        "cpu_share": sampler.cpu_share(),
+        "series": sampler.series,
+    }
+    if kill_after is not None and proc.returncode != 0:
+        result["killed_at_s"] = kill_after
+        result["checkpointed_rows"] = checkpointed_rows(out)
+        result["staged_rows"] = sampler.series[-1]["written"] if sampler.series else 0
+        return result
+    report = json.loads((out / "_report.json").read_text())
+    result["report"] = {k: v for k, v in report.items() if not isinstance(v, (dict, list))}
+    startup = report.get("startup_s") or 0.0
+    docs = report["documents"]
+    result["running_docs_per_s"] = round(docs / max(1e-9, report["wall_s"] - startup), 1)
+    result["running_s_per_1k"] = round(1000 * (report["wall_s"] - startup) / max(1, docs), 3)
+    return result
+
+
+def checkpointed_rows(out: Path) -> int:
+    """Rows whose ids Ray Data's checkpoint has committed (pending files do not count)."""
+    import pyarrow.parquet as pq
+
+    folder = out / "_staging" / "checkpoint"
+    if not folder.exists():
+        return 0
+    return sum(
+        pq.ParquetFile(p).metadata.num_rows
+        for p in folder.glob("*.parquet")
+        if not p.name.endswith(".pending.parquet")
+    )
+
+
+def resume_check(layout: str, root: Path, cfg: Path, out: Path, full: dict, n: int) -> dict:
+    """Kill a run at 60% of the full run's time, rerun it, and compare what was redone."""
+    kill_at = 0.6 * full["wall_s"]
+    cluster = LAYOUTS[layout]()
+    with cluster:
+        killed = run_once(cluster, cfg, out, root / f"{layout}-killed.log", kill_after=kill_at)
+        rerun_cmd = _command(cfg, cluster.address, overwrite=False)
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        t0 = time.time()
+        done = subprocess.run(rerun_cmd, capture_output=True, text=True, env=env)
+        rerun_s = time.time() - t0
+    report = json.loads((out / "_report.json").read_text())
+    startup = full["report"].get("startup_s") or 0.0
+    labeled = min(n, int(max(0.0, kill_at - startup) * full["running_docs_per_s"]))
+    checkpointed = killed.get("checkpointed_rows", 0)
+    return {
+        "layout": layout,
+        "killed_at_s": round(kill_at, 1),
+        "labeled_before_kill_est": labeled,
+        "checkpointed_before_kill": checkpointed,
+        "durable_share": round(checkpointed / labeled, 3) if labeled else None,
+        "rerun_documents": report["documents"],
+        "rerun_redid": report["documents"] - (n - checkpointed),
+        "rerun_s": round(rerun_s, 1),
+        "rerun_ok": done.returncode == 0 and report.get("output_rows") == n,
+    }
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 7), squeeze=False)
+    for col, run in enumerate(runs):
+        series = run["series"]
+        t = [s["t"] for s in series]
+        written = [s["written"] for s in series]
+        rate = [0.0] + [
+            (b - a) / max(1e-9, tb - ta) for a, b, ta, tb in zip(written, written[1:], t, t[1:], strict=False)
+        ]
+        ax = axes[0][col]
+        ax.plot(t, written, label="documents written")
+        ax2 = ax.twinx()
+        ax2.plot(t, rate, color="tab:orange", alpha=0.5, label="documents/s (written)")
+        ax.set_title(f"{run['documents']:,} documents ({run['layout']})")
+        ax.set_xlabel("s")
+        ax.legend(loc="upper left")
+        ax2.legend(loc="lower right")
+        ax = axes[1][col]
+        for kind in KINDS:
+            ax.plot(t, [s["pss_kib"][kind] / 1024 for s in series], label=kind)
+        ax.plot(t, [s.get("object_store", 0) / 1024 for s in series], label="object store", linestyle="--")
+        ax.set_ylabel("MiB (PSS, summed per kind)")
+        ax.set_xlabel("s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def table(results: dict) -> str:
+    kinds = [*KINDS, "object_store", "spilled"]
+    head = "| documents | layout | wall s | start-up s | docs/s after start-up | " + " | ".join(
+        f"peak {k} MiB" for k in kinds
+    )
+    lines = [head + " |", "|" + "---|" * (5 + len(kinds))]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['documents']:,} | {r['layout']} | {r['report']['wall_s']} | {r['report'].get('startup_s')} | "
+            f"{r['running_docs_per_s']} | " + " | ".join(str(r["peak_mib"][k]) for k in kinds) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="multi")
+    p.add_argument("--docs-per-batch", type=int, default=2048)
+    p.add_argument("--no-kill", action="store_true", help="skip the kill-and-resume checks")
+    p.add_argument("--quick", action="store_true", help="smoke size: 3,000 and 6,000 documents")
+    p.add_argument("--out", default="out/bench")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes = [3_000, 6_000]
+    root = Path(args.out).resolve() / "scale"
+    root.mkdir(parents=True, exist_ok=True)
+
+    from pipeline.random_models import SIZES, build_random_pair
+
+    models = build_random_pair(root / "models" / "tiny", **SIZES["tiny"])
+    results: dict = {"sizes": args.sizes, "layout": args.layout, "runs": [], "resume": []}
+    by_size: dict[int, tuple[Path, Path, dict]] = {}
+    for n in args.sizes:
+        data = corpus(root, n)
+        out = root / f"out-{n}"
+        cfg = config(root, models, data, out, args.docs_per_batch)
+        print(f"== {n:,} documents, {args.layout} layout", flush=True)
+        with LAYOUTS[args.layout]() as cluster:
+            run = run_once(cluster, cfg, out, root / f"run-{n}.log")
+        if run["returncode"] != 0:
+            raise SystemExit(f"pipeline run failed on {n} documents: see {root / f'run-{n}.log'}")
+        run.update(documents=n, layout=args.layout)
+        results["runs"].append(run)
+        by_size[n] = (cfg, out, run)
+        print(
+            f"   {run['report']['wall_s']} s, start-up {run['report'].get('startup_s')} s, "
+            f"{run['running_docs_per_s']} docs/s after start-up; peak MiB {run['peak_mib']}",
+            flush=True,
+        )
+    small, large = min(args.sizes), max(args.sizes)
+    a, b = by_size[small][2], by_size[large][2]
+    results["growth"] = {
+        "peak_mib": {
+            k: round(b["peak_mib"][k] / a["peak_mib"][k], 3) if a["peak_mib"][k] else None
+            for k in a["peak_mib"]
+        },
+        "time_per_doc": round(b["running_s_per_1k"] / a["running_s_per_1k"], 3),
+    }
+    results["cpu_share"] = b["cpu_share"]
+    if not args.no_kill:
+        cfg, out, measured = by_size[small]
+        for layout in ("single", "multi"):
+            full = measured
+            if layout != args.layout:  # the full run it is compared with, on this layout
+                with LAYOUTS[layout]() as cluster:
+                    full = run_once(cluster, cfg, out, root / f"{layout}-full.log")
+            print(f"== kill at 60% and resume: {small:,} documents, {layout} layout", flush=True)
+            check = resume_check(layout, root, cfg, out, full, small)
+            results["resume"].append(check)
+            print(f"   {check}", flush=True)
+    (root / "scale.json").write_text(json.dumps(results))
+    chart(results, root / "scale.png")
+    print()
+    print(table(results))
+    print()
+    print(f"growth {small:,} -> {large:,}: peak memory per kind {results['growth']['peak_mib']}")
+    print(f"time per document after start-up: x{results['growth']['time_per_doc']}")
+    print(f"CPU share by process kind ({large:,}): {results['cpu_share']}")
+    for check in results["resume"]:
+        print(
+            f"resume ({check['layout']}): killed at {check['killed_at_s']} s, ~{check['labeled_before_kill_est']} "
+            f"labeled, {check['checkpointed_before_kill']} checkpointed ({check['durable_share']}); the rerun "
+            f"labeled {check['rerun_documents']} (redid {check['rerun_redid']}), ok={check['rerun_ok']}"
+        )
+    print(f"\nwrote {root / 'scale.json'} and {root / 'scale.png'}")
+
+
+if __name__ == "__main__":
+    main()

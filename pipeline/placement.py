@@ -1,0 +1,86 @@
+"""Fail the night clearly when no node of the cluster can host an inference actor any more.
+
+Ray restarts a lost inference actor on another node that has the resources it asks for
+(GPUs, CPUs, the custom resources that pin it to a node type). When no alive node has them,
+the restart waits forever and so would the job. This watch checks the alive nodes every few
+seconds; when none could host an actor for `grace_s` in a row (room for an autoscaler to
+bring one up), it interrupts the driver, and the job fails with one line that says so. The
+staged output and its checkpoint stay: a rerun, once such a node is back, resumes.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class NoActorNodeError(RuntimeError):
+    """No alive node can host an inference actor (resources named in the message)."""
+
+
+def actor_needs(cpus: float, gpus: float, resources: dict[str, float]) -> dict[str, float]:
+    need = {"CPU": cpus, **resources}
+    if gpus:
+        need["GPU"] = gpus
+    return {k: v for k, v in need.items() if v}
+
+
+def can_host(nodes: list[dict], need: dict[str, float]) -> bool:
+    """True when some alive node has (in total, busy or not) what one actor needs."""
+    return any(
+        node.get("Alive") and all(node.get("Resources", {}).get(k, 0) >= v for k, v in need.items())
+        for node in nodes
+    )
+
+
+class PlacementWatch:
+    """A daemon thread; use as a context manager around the job, then call `check()`."""
+
+    def __init__(self, need: dict[str, float], grace_s: float, period_s: float = 2.0) -> None:
+        self.need = need
+        self.grace_s = grace_s
+        self.period_s = period_s
+        self.tripped: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="placement-watch", daemon=True)
+
+    def __enter__(self) -> PlacementWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s * 2)
+
+    def _loop(self) -> None:
+        import ray
+
+        since: float | None = None
+        while not self._stop.wait(self.period_s):
+            try:
+                fits = can_host(ray.nodes(), self.need)
+            except Exception:  # noqa: BLE001 - a GCS hiccup is not a verdict
+                continue
+            if fits:
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= self.grace_s:
+                wanted = ", ".join(f"{k} {v:g}" for k, v in self.need.items())
+                self.tripped = (
+                    f"no alive node of the cluster can host an inference actor ({wanted}) for "
+                    f"{self.grace_s:g} s: the node(s) that could are gone. Nothing was published; the "
+                    "output written so far is kept: run the same command again once such a node is back "
+                    "and the run resumes (ray.actor_node_timeout_s sets how long to wait)"
+                )
+                log.error(self.tripped)
+                _thread.interrupt_main()  # as Ctrl-C would: Ray Data stops its execution cleanly
+                return
+
+    def check(self) -> None:
+        if self.tripped:
+            raise NoActorNodeError(self.tripped)
