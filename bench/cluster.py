@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GIB = 1024**3
+# Token authentication stays on, and Ray reads this once per process, before its first use:
+# a process that talks to such a cluster (the sampler, a test) must have it from the start.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def free_port() -> int:
@@ -60,10 +63,17 @@ def _env() -> dict[str, str]:
 class LocalCluster:
     """Head (driver, GCS; no CPUs by default) and worker nodes; `address` is what `--address` takes."""
 
-    def __init__(self, workers: list[Node], head: Node | None = None, dashboard: bool = False) -> None:
+    def __init__(
+        self,
+        workers: list[Node],
+        head: Node | None = None,
+        dashboard: bool = False,
+        system_config: dict | None = None,
+    ) -> None:
         self.head = head or Node(cpus=0, object_store_gib=0.5)
-        self.workers = workers
+        self.workers = list(workers)
         self.dashboard = dashboard
+        self.system_config = system_config
         self.temp_dir = tempfile.mkdtemp(prefix="bp-cluster-", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -86,11 +96,21 @@ class LocalCluster:
             self.dashboard_url = f"http://127.0.0.1:{port}"
         else:
             head += ["--include-dashboard=false"]
-        self._start(head, self.head)
-        for node in self.workers:
-            self._start([f"--address={self.address}", "--node-ip-address=127.0.0.1"], node)
-        self.wait_for_nodes(1 + len(self.workers))
+        if self.system_config:  # e.g. faster node-failure detection in tests
+            head.append(f"--system-config={json.dumps(self.system_config)}")
+        try:
+            self._start(head, self.head)
+            for node in self.workers:
+                self.add(node)
+            self.wait_for_nodes(1 + len(self.workers))
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def add(self, node: Node) -> None:
+        """Start one more worker node (e.g. to replace a lost one)."""
+        self._start([f"--address={self.address}", "--node-ip-address=127.0.0.1"], node)
 
     def pids(self, needle: str = "") -> list[int]:
         """Processes of this cluster whose command line also contains `needle`."""
@@ -119,21 +139,20 @@ class LocalCluster:
                 return pid
         raise LookupError(f"no raylet declares {resource}")
 
+    def alive_nodes(self) -> list[dict]:
+        """The GCS's node table (alive nodes only), read without joining the cluster."""
+        from ray._private.internal_api import get_state_from_address
+
+        return [n for n in get_state_from_address(self.address).node_table() if n["Alive"]]
+
     def wait_for_nodes(self, n: int, timeout: float = 120) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            done = subprocess.run(
-                ["ray", "list", "nodes", "--address", self.address, "--format", "json", "--limit", "100"],
-                capture_output=True,
-                text=True,
-                env=_env(),
-            )
             try:
-                alive = [x for x in json.loads(done.stdout) if x.get("state") == "ALIVE"]
-            except ValueError:
-                alive = []
-            if len(alive) >= n:
-                return
+                if len(self.alive_nodes()) >= n:
+                    return
+            except Exception:  # noqa: BLE001 - the GCS may still be starting
+                pass
             time.sleep(1)
         raise RuntimeError(f"the local cluster did not reach {n} nodes")
 

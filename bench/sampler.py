@@ -3,7 +3,9 @@
 Processes are found from roots (the driver, and every process whose command line names the
 cluster's temp dir: GCS, raylets, monitors) and their descendants, then sorted into kinds by
 their command line (Ray workers carry `ray::<task or actor>` as their title). Memory is PSS
-(shared pages split between the processes that map them), read from /proc/PID/smaps_rollup.
+(shared pages split between the processes that map them) less its shared-memory part, read
+from /proc/PID/smaps_rollup: the object store is one shared mapping that every worker
+touches, so it is sampled on its own (bytes in use, bytes spilled) from the raylets.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ def _cmdline(pid: int) -> str:
 
 
 def _pss_kib(pid: int) -> int:
+    """PSS without the shared-memory part (the object store, mapped into every worker: sampled apart)."""
+    fields: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+            name, _, rest = line.partition(":")
+            if name in ("Pss", "Pss_Shmem"):
+                fields[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
 def _cpu_s(pid: int) -> float:
@@ -84,6 +89,7 @@ class Sampler:
         self._stop = threading.Event()
         self._rows: dict[str, int] = {}
         self._state = None
+        self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first seen, last seen) CPU s
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.started = time.time()
 
@@ -151,16 +157,20 @@ class Sampler:
         while not self._stop.is_set():
             t = time.time()
             mem: dict[str, int] = dict.fromkeys(KINDS, 0)
-            cpu: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+            largest: dict[str, int] = dict.fromkeys(KINDS, 0)
             count: dict[str, int] = dict.fromkeys(KINDS, 0)
             for pid, kind in self._processes().items():
-                mem[kind] += _pss_kib(pid)
-                cpu[kind] += _cpu_s(pid)
+                pss = _pss_kib(pid)
+                mem[kind] += pss
+                largest[kind] = max(largest[kind], pss)
                 count[kind] += 1
+                used = _cpu_s(pid)
+                first = self._cpu.get(pid, (kind, used, used))[1]
+                self._cpu[pid] = (kind, first, used)
             sample = {
                 "t": round(t - self.started, 2),
                 "pss_kib": mem,
-                "cpu_s": cpu,
+                "largest_kib": largest,
                 "processes": count,
                 "written": self._written(),
                 **self._store(),
@@ -174,12 +184,15 @@ class Sampler:
             peaks[key] = max((s.get(key, 0) for s in self.series), default=0) / 1024
         return {k: round(v, 1) for k, v in peaks.items()}
 
+    def largest_mib(self) -> dict[str, float]:
+        """Peak PSS of the largest single process of each kind."""
+        return {k: round(max((s["largest_kib"][k] for s in self.series), default=0) / 1024, 1) for k in KINDS}
+
     def cpu_share(self) -> dict[str, float]:
-        """Share of the CPU time spent by each kind over the run (per process, last minus first)."""
-        if len(self.series) < 2:
-            return {}
-        first, last = self.series[0]["cpu_s"], self.series[-1]["cpu_s"]
-        used = {k: max(0.0, last[k] - first[k]) for k in KINDS}
+        """Share of the CPU time used while sampled, per kind (every process seen, gone ones too)."""
+        used = dict.fromkeys(KINDS, 0.0)
+        for kind, first, last in self._cpu.values():
+            used[kind] += last - first
         total = sum(used.values()) or 1.0
         return {k: round(v / total, 3) for k, v in used.items()}
 

@@ -103,6 +103,8 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
         "wall_s": round(time.time() - started, 1),
         "returncode": proc.returncode,
         "peak_mib": sampler.peaks_mib(),
+        "largest_process_mib": sampler.largest_mib(),
+        "max_processes": {k: max((x["processes"][k] for x in sampler.series), default=0) for k in KINDS},
         "cpu_share": sampler.cpu_share(),
         "series": sampler.series,
     }
@@ -122,16 +124,11 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
 
 def checkpointed_rows(out: Path) -> int:
     """Rows whose ids Ray Data's checkpoint has committed (pending files do not count)."""
-    import pyarrow.parquet as pq
+    import pyarrow.fs as pafs
 
-    folder = out / "_staging" / "checkpoint"
-    if not folder.exists():
-        return 0
-    return sum(
-        pq.ParquetFile(p).metadata.num_rows
-        for p in folder.glob("*.parquet")
-        if not p.name.endswith(".pending.parquet")
-    )
+    from pipeline.publish import Publisher
+
+    return Publisher(pafs.LocalFileSystem(), str(out)).checkpointed()
 
 
 def resume_check(layout: str, root: Path, cfg: Path, out: Path, full: dict, n: int) -> dict:
@@ -249,12 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     small, large = min(args.sizes), max(args.sizes)
     a, b = by_size[small][2], by_size[large][2]
     results["growth"] = {
-        "peak_mib": {
-            k: round(b["peak_mib"][k] / a["peak_mib"][k], 3) if a["peak_mib"][k] else None
-            for k in a["peak_mib"]
-        },
-        "time_per_doc": round(b["running_s_per_1k"] / a["running_s_per_1k"], 3),
+        key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]}
+        for key in ("peak_mib", "largest_process_mib")
     }
+    results["growth"]["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
     results["cpu_share"] = b["cpu_share"]
     if not args.no_kill:
         cfg, out, measured = by_size[small]
@@ -273,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     print()
     print(f"growth {small:,} -> {large:,}: peak memory per kind {results['growth']['peak_mib']}")
+    print(f"  largest single process per kind {results['growth']['largest_process_mib']}")
+    print(f"  processes per kind: {a['max_processes']} -> {b['max_processes']}")
     print(f"time per document after start-up: x{results['growth']['time_per_doc']}")
     print(f"CPU share by process kind ({large:,}): {results['cpu_share']}")
     for check in results["resume"]:

@@ -23,7 +23,8 @@ from pipeline.inputs import InputError, InputFiles, discover, inspect
 from pipeline.models import source_revision
 from pipeline.placement import PlacementWatch, actor_needs
 from pipeline.publish import SUCCESS, Publisher
-from pipeline.storage import StorageError, arrow_filesystem, is_s3
+from pipeline.reader import DoneIds, FilteredByReader, done_ids
+from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_s3, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ def run(
             counts["id_check_s"] = checked.seconds
     resumed = pub.begin({"config_hash": meta["config_hash"], "date": date, "input": in_path})
     if resumed:
-        echo(f"resuming the unfinished run in {out_path}")
+        done = pub.checkpointed()
+        echo(f"resuming the unfinished run in {out_path}: {done} of {inputs.rows} documents already written")
+        counts["already_written"] = done
 
     if not pub.written():
         counts.update(_execute(cfg, inputs, in_fs, columns, meta, pub, out_fs))
@@ -147,7 +150,13 @@ def _columns(cfg: PipelineConfig, available: list[str]) -> list[str]:
 
 
 def build_dataset(
-    cfg: PipelineConfig, inputs: InputFiles, fs: Any, columns: list[str], meta: dict, tally: str | None
+    cfg: PipelineConfig,
+    inputs: InputFiles,
+    fs: Any,
+    columns: list[str],
+    meta: dict,
+    tally: str | None,
+    done: DoneIds | None = None,
 ):
     """The Ray Data graph, up to (not including) the write.
 
@@ -166,7 +175,9 @@ def build_dataset(
     conf = cfg.model_dump(mode="json")
     text = cfg.input.text_column
     units = plan_units(inputs)
-    source = ParquetDocs(units, fs, columns, inputs.schema, r.docs_per_batch, cfg.input.on_bad_file, tally)
+    source = ParquetDocs(
+        units, fs, columns, inputs.schema, r.docs_per_batch, cfg.input.on_bad_file, tally, done
+    )
     # One block stream per read unit: no extra split, which would keep the read from fusing.
     ds = ray.data.read_datasource(source, num_cpus=r.cpus_per_task, override_num_blocks=len(units))
     ds = ds.map_batches(
@@ -227,7 +238,10 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
     previous = ctx.checkpoint_config
     checkpoint_path = ("s3://" + pub.checkpoint) if is_s3(cfg.output.path) else pub.checkpoint
     ctx.checkpoint_config = CheckpointConfig(
-        id_column=cfg.input.id_column, checkpoint_path=checkpoint_path, override_filesystem=out_fs
+        id_column=cfg.input.id_column,
+        checkpoint_path=checkpoint_path,
+        override_filesystem=out_fs,
+        checkpoint_manager_cls=FilteredByReader,
     )
     ctx.raise_original_map_exception = True  # our errors arrive as themselves (see _our_error)
     r = cfg.ray
@@ -235,7 +249,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
     if cfg.runtime.backend == "serve":
         need = actor_needs(r.cpus_per_task, 0, {})
     try:
-        ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name)
+        ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name, done_ids(ctx, pub.data, out_fs))
         compression = None if cfg.output.compression == "none" else cfg.output.compression
         with PlacementWatch(need, r.actor_node_timeout_s) as watch:
             try:
@@ -252,6 +266,8 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
                 raise
             except Exception as exc:
                 ours = _our_error(exc)
+                if ours is None and is_transient(exc):  # e.g. a write that ran out of retries
+                    ours = StorageError.from_exception(exc)
                 if ours is None:
                     raise
                 raise ours from None  # one clear line, not the remote traceback
@@ -264,16 +280,15 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
 
 
 def _our_error(exc: BaseException) -> Exception | None:
-    """The InputError or StorageError a stage raised, out of Ray's wrappers, or None."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if type(cur) in (InputError, StorageError):
-            return cur  # type: ignore[return-value]
-        cause = getattr(cur, "cause", None)  # RayTaskError keeps the remote exception here
-        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
-    return None
+    """The InputError or StorageError a stage raised, out of Ray's wrappers, as one line (Ray Data
+    appends retry advice to the message), or None."""
+    ours = next((e for e in error_chain(exc) if type(e) in (InputError, StorageError)), None)
+    if ours is None:
+        return None
+    line = str(ours).split("\n", 1)[0]
+    if isinstance(ours, StorageError):
+        return StorageError.with_message(line, ours.operation, ours.key)
+    return InputError(line)
 
 
 def _count_rows(fs: Any, files: list[str]) -> int:
@@ -300,6 +315,7 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "skipped_files": inputs.skipped + list(counts.get("skipped_files", [])),
         "input_rows": inputs.rows,
         "skipped_rows": int(counts.get("skipped_rows", 0)),
+        "already_written": int(counts.get("already_written", 0)),
         "documents": docs,
         "errors": int(counts.get("errors", 0)),
         "windows": int(counts.get("windows", 0)),

@@ -100,7 +100,7 @@ def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
                 column = pq.ParquetFile(f).read(columns=[id_column]).column(0)
         except Exception as exc:  # noqa: BLE001
             if is_transient(exc):
-                raise StorageError("read the ids of", path, exc) from None
+                raise StorageError("reading the ids of", path, exc) from None
             raise InputError(f"input file {path} became unreadable during the id check: {exc}") from None
         values = _canonical(column.combine_chunks())
         nulls += values.null_count

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import heap
 from pipeline.encode import Encoded, Framing, framing_of, window_spans
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ class InferenceEngine:
             self._classify(docs, out)
         if "ner" in self.models:
             self._tag(docs, out)
+        heap.trim()  # long-lived actors and replicas stay flat (see pipeline.heap)
         return out
 
     def _windows(self, task: str, docs: list[Encoded], attr: str, first_only: bool):

@@ -48,7 +48,7 @@ def discover(path: str, fs: pafs.FileSystem) -> list[str]:
         raise
     except Exception as exc:
         if is_transient(exc):
-            raise StorageError("list", path, exc) from exc
+            raise StorageError("listing", path, exc) from exc
         raise
 
 
@@ -84,7 +84,7 @@ def _footer(fs: pafs.FileSystem, path: str) -> Footer | str:
             return meta.schema.to_arrow_schema(), meta.num_rows, groups
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes a reason
         if is_transient(exc):
-            raise StorageError("read the footer of", path, exc) from exc
+            raise StorageError("reading the footer of", path, exc) from exc
         return f"not a readable Parquet file ({type(exc).__name__}: {exc})"
 
 

@@ -87,6 +87,19 @@ class Publisher:
         self._write(run_file, json.dumps(fingerprint))
         return False
 
+    def checkpointed(self) -> int:
+        """Rows whose ids Ray Data's checkpoint has committed (what a resume skips)."""
+        import pyarrow.parquet as pq
+
+        total = 0
+        for info in self._listing(self.checkpoint):
+            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+                if info.path.endswith(".pending.parquet"):  # an unfinished write: redone on resume
+                    continue
+                with self.fs.open_input_file(info.path) as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+        return total
+
     def written(self) -> bool:
         return self._exists(join(self.staging, "WRITTEN"))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline import heap
 from pipeline.columns import (
     CLS_IDS,
     columns_to_encoded,
@@ -54,7 +55,9 @@ def encode_batch(table: pa.Table, *, config: dict[str, Any], text_column: str) -
         "encoder", config, lambda cfg: Encoder.for_models(_light_models(cfg), cfg.runtime.max_chars)
     )
     docs = encoder.encode(table.column(text_column).to_pylist())
-    return replace_columns(table, encoded_to_columns(docs, encoder.shared))
+    out = replace_columns(table, encoded_to_columns(docs, encoder.shared))
+    heap.trim()
+    return out
 
 
 class InferActor:
@@ -134,4 +137,5 @@ def decode_batch(
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = metadata.encode()
     report(tally, {"documents": len(texts), "errors": sum(e is not None for e in decoded.error)})
+    heap.trim()
     return out.replace_schema_metadata(meta)

@@ -29,25 +29,53 @@ class StorageError(RuntimeError):
     def __init__(self, operation: str, key: str, cause: BaseException | str) -> None:
         reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {_first_line(cause)}"
         super().__init__(
-            f"could not {operation} {key} after the configured retries ({reason}); nothing was "
+            f"{operation} {key} still failed after the configured retries ({reason}). Nothing was "
             "published: run the same command again to resume (raise s3.max_attempts if this repeats)"
         )
         self.operation, self.key = operation, key
 
     def __reduce__(self):  # crosses Ray task boundaries intact
-        return (_rebuild_storage_error, (self.args[0], self.operation, self.key))
+        return (StorageError.with_message, (self.args[0], self.operation, self.key))
 
+    @classmethod
+    def with_message(cls, message: str, operation: str, key: str) -> StorageError:
+        err = cls.__new__(cls)
+        RuntimeError.__init__(err, message)
+        err.operation, err.key = operation, key
+        return err
 
-def _rebuild_storage_error(message: str, operation: str, key: str) -> StorageError:
-    err = StorageError.__new__(StorageError)
-    RuntimeError.__init__(err, message)
-    err.operation, err.key = operation, key
-    return err
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> StorageError:
+        """From a library's error (e.g. a write inside Ray Data): the operation and key it names."""
+        text = _transient_text(exc) or f"{type(exc).__name__}: {exc}"
+        where = re.search(r"key '([^']*)' in bucket '([^']*)'", text)
+        key = f"s3://{where[2]}/{where[1]}" if where else "(no key named)"
+        op = re.search(r"during (\w+) operation", text)
+        line = next((ln.strip() for ln in text.splitlines() if _TRANSIENT.search(ln)), _first_line(exc))
+        return cls(f"S3 {op[1]}" if op else "storage access to", key, line[:300])
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def error_chain(exc: BaseException | None):
+    """The exception, its causes and, for Ray's task errors, the remote exception."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        remote = getattr(exc, "cause", None)
+        exc = remote if isinstance(remote, BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def _transient_text(exc: BaseException) -> str | None:
+    for e in error_chain(exc):
+        text = f"{type(e).__name__}: {e}"
+        if _TRANSIENT.search(text):
+            return text
+    return None
 
 
 # What the AWS C++ SDK (pyarrow), botocore and the OS say when a request may succeed if tried
@@ -65,19 +93,14 @@ _TRANSIENT = re.compile(
 
 def is_transient(exc: BaseException) -> bool:
     """True when the error says "try again later", not "this file is bad"."""
-    if isinstance(exc, StorageError):
-        return True
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    seen = set()
-    while exc is not None and id(exc) not in seen:  # look through wrapped causes too
-        seen.add(id(exc))
-        if _TRANSIENT.search(f"{type(exc).__name__}: {exc}"):
+    for e in error_chain(exc):
+        if isinstance(e, StorageError):
             return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return False
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            return False
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+    return _transient_text(exc) is not None
 
 
 def is_s3(path: str) -> bool:

@@ -1,0 +1,279 @@
+"""Faults a night meets at scale, on small corpora: lost nodes, S3 throttling and outages,
+input files that break after the up-front check. Each ends with every id exactly once, or a
+clear one-line failure with nothing published and a rerun that resumes (redoing nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import batch_config, read_output, read_rows, upload_dir, write_corpus
+from faulty_s3 import FaultyS3
+
+from bench.cluster import LocalCluster, Node, children
+from bench.scale import checkpointed_rows
+from pipeline import PipelineConfig, batch
+from pipeline.inputs import InputError
+from pipeline.storage import StorageError
+
+pytestmark = pytest.mark.slow
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _staged(out: Path) -> int:
+    return len(list((out / "_staging" / "data").glob("*.parquet")))
+
+
+def _published(out: Path) -> list[Path]:
+    return list(out.glob("*.parquet"))
+
+
+# -- input files that break after the check ----------------------------------------------
+@pytest.mark.parametrize("how", ["vanish", "corrupt"])
+def test_input_file_breaking_after_the_check_fails_by_name_then_resumes(
+    ray_cluster, tiny_models, tmp_path, how
+):
+    ids = write_corpus(tmp_path / "in", n_files=8, rows_per_file=60)
+    victim = tmp_path / "in" / "part-007.parquet"
+    saved = victim.read_bytes()
+    out = tmp_path / "out"
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
+    result: dict = {}
+
+    def night() -> None:
+        try:
+            result["report"] = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+        except Exception as exc:  # noqa: BLE001 - inspected below
+            result["error"] = exc
+
+    job = threading.Thread(target=night)
+    job.start()
+    # run.json is written after the up-front checks and before any read task starts
+    _wait(lambda: (out / "_staging" / "run.json").exists() or not job.is_alive(), 120, "the run to begin")
+    if how == "vanish":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"PAR1" + b"\0" * 64)
+    job.join(timeout=300)
+    err = result.get("error")
+    assert isinstance(err, InputError), result
+    assert "part-007.parquet" in str(err) and "after the check" in str(err)
+    assert "\n" not in str(err), "one line, not a traceback"
+    assert not (out / "_SUCCESS").exists() and not _published(out)
+
+    victim.write_bytes(saved)
+    report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+    assert report["status"] == "complete" and report["resumed"] is True
+    assert [r["id"] for r in read_output(out)] == sorted(ids)
+
+
+def test_input_file_vanishing_is_skipped_and_counted_under_skip(ray_cluster, tiny_models, tmp_path):
+    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=50)
+    victim = tmp_path / "in" / "part-005.parquet"
+    lost = {r["id"] for r in read_rows(pq.read_table(victim))}
+    out = tmp_path / "out"
+    cfg = batch_config(
+        *tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache", input__on_bad_file="skip"
+    )
+    result: dict = {}
+    job = threading.Thread(
+        target=lambda: result.update(batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None))
+    )
+    job.start()
+    _wait(lambda: (out / "_staging" / "run.json").exists() or not job.is_alive(), 120, "the run to begin")
+    victim.unlink()
+    job.join(timeout=300)
+    assert result["status"] == "complete"
+    assert [s["path"].rsplit("/", 1)[-1] for s in result["skipped_files"]] == ["part-005.parquet"]
+    assert result["skipped_rows"] == len(lost) == 50
+    assert [r["id"] for r in read_output(out)] == sorted(set(ids) - lost), "the rest exactly once"
+
+
+# -- nodes lost -----------------------------------------------------------------------------
+def _night_config(tmp_path: Path, tiny_models, n_files: int, **ray_opts) -> tuple[Path, Path, list[int]]:
+    ids = write_corpus(tmp_path / "in", n_files=n_files, rows_per_file=1000, seed=3)
+    out = tmp_path / "out"
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
+    cfg["ray"].update({"docs_per_batch": 250, "cpus_per_actor": 1, "cpus_per_task": 0.5, **ray_opts})
+    cfg["output"].update(min_rows_per_file=1000, max_rows_per_file=2000)
+    path = tmp_path / "night.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, out, ids
+
+
+def _run_cli(path: Path, address: str, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(path), "--address", address, "--show", "0"]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    return subprocess.Popen(
+        cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def _actor_raylet(cluster: LocalCluster) -> int:
+    """The raylet of the node that holds the inference actor (the actor's worker is its child)."""
+    kids = children()
+    for raylet in cluster.pids("/raylet/raylet"):
+        for pid in kids.get(raylet, []):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and "InferActor" in title:
+                return raylet
+    raise LookupError("no inference actor running")
+
+
+def test_losing_the_inference_node_mid_run_loses_no_row(tiny_models, tmp_path):
+    path, out, ids = _night_config(tmp_path, tiny_models, n_files=16, infer_resources={"infer": 1})
+    nodes = [Node(cpus=2, resources={"infer": 1}), Node(cpus=2, resources={"infer": 1})]
+    with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
+        run = _run_cli(path, cluster.address, tmp_path / "run.log")
+        _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
+        victim = _actor_raylet(cluster)
+        os.kill(victim, signal.SIGKILL)  # the whole node: raylet, object store, its workers
+        assert run.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-4000:]
+        assert _actor_raylet(cluster) != victim
+    report = json.loads((out / "_report.json").read_text())
+    assert report["output_rows"] == len(ids)
+    assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
+
+
+def test_no_node_left_for_the_actor_fails_clearly_and_a_rerun_resumes(tiny_models, tmp_path):
+    path, out, ids = _night_config(
+        tmp_path, tiny_models, n_files=16, infer_resources={"infer": 1}, actor_node_timeout_s=8
+    )
+    nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=2)]  # only the first can host the actor
+    with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
+        run = _run_cli(path, cluster.address, tmp_path / "run.log")
+        _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
+        os.kill(cluster.raylet_pid("infer"), signal.SIGKILL)
+        assert run.wait(timeout=300) == 1
+        log = (tmp_path / "run.log").read_text()
+        last = log.strip().splitlines()[-1]
+        assert last.startswith("error: no alive node of the cluster can host an inference actor"), log[-3000:]
+        assert "infer 1" in last and "resumes" in last
+        assert not (out / "_SUCCESS").exists() and not _published(out)
+
+        cluster.add(Node(cpus=1, resources={"infer": 1}))  # the operator brings a node back
+        done_before = checkpointed_rows(out)
+        assert done_before > 0
+        rerun = _run_cli(path, cluster.address, tmp_path / "rerun.log")
+        assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-4000:]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["resumed"] is True
+    assert report["documents"] == len(ids) - done_before, "the rerun labels only what was not written"
+    assert [r["id"] for r in read_output(out)] == sorted(ids)
+
+
+# -- S3 throttling and outages ------------------------------------------------------------------
+@pytest.fixture()
+def faulty_s3(s3_server):
+    with FaultyS3(s3_server, seed=7) as proxy:
+        yield proxy
+
+
+def _s3_night(
+    s3_client, tiny_models, tmp_path, proxy_url: str, n_files: int, **s3_opts
+) -> tuple[dict, list[int]]:
+    for bucket in ("corpus", "labels", "models"):
+        s3_client.create_bucket(Bucket=bucket)
+    ids = write_corpus(tmp_path / "in", n_files=n_files, rows_per_file=80, seed=5)
+    upload_dir(s3_client, tmp_path / "in", "corpus", "night")
+    upload_dir(s3_client, tiny_models[0], "models", "cls")
+    upload_dir(s3_client, tiny_models[1], "models", "ner")
+    cfg = batch_config(
+        "s3://models/cls/", "s3://models/ner/", "s3://corpus/night/", "s3://labels/night/", tmp_path / "cache"
+    )
+    cfg["s3"] = {"endpoint_url": proxy_url, **s3_opts}
+    cfg["output"].update(min_rows_per_file=80, max_rows_per_file=160)
+    return cfg, ids
+
+
+def _s3_output(cfg: dict) -> list[dict]:
+    from pipeline.storage import arrow_filesystem
+
+    fs, root = arrow_filesystem("s3://labels/night/", PipelineConfig.from_dict(cfg).s3)
+    return read_rows(pq.read_table(root, filesystem=fs))
+
+
+def test_s3_throttling_and_dropped_connections_are_retried(
+    ray_cluster, tiny_models, tmp_path, s3_client, faulty_s3
+):
+    cfg, ids = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=4)
+    faulty_s3.set(0.3)  # 30% of every request: reads, writes, listings, model download
+    report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+    faulty_s3.set(0.0)
+    assert faulty_s3.counts["faults"] >= 20, faulty_s3.counts
+    assert {"503", "500", "drop"} <= set(faulty_s3.counts)
+    assert report["status"] == "complete" and report["output_rows"] == len(ids)
+    assert [r["id"] for r in _s3_output(cfg)] == sorted(ids), "every id exactly once"
+
+
+def test_transient_errors_are_never_taken_for_a_bad_file(
+    ray_cluster, tiny_models, tmp_path, s3_client, faulty_s3
+):
+    cfg, _ = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=3, max_attempts=2)
+    cfg["input"]["on_bad_file"] = "skip"
+    faulty_s3.set(1.0, ("503",), match=lambda method, path: method == "GET" and "part-001" in path)
+    with pytest.raises(StorageError, match=r"part-001\.parquet still failed after the configured retries"):
+        batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+    assert faulty_s3.counts["faults"] >= 2
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="labels").get("Contents", [])]
+    assert not keys, "nothing staged or published: the file was not skipped as bad"
+
+
+def test_s3_outage_mid_run_fails_in_one_line_and_the_rerun_resumes(
+    ray_cluster, tiny_models, tmp_path, s3_client, faulty_s3
+):
+    cfg, ids = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=8, max_attempts=2)
+    cfg["ray"]["docs_per_batch"] = 40
+    result: dict = {}
+
+    def night() -> None:
+        try:
+            result["report"] = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+        except Exception as exc:  # noqa: BLE001 - inspected below
+            result["error"] = exc
+
+    job = threading.Thread(target=night)
+    job.start()
+
+    def staged() -> bool:
+        got = s3_client.list_objects_v2(Bucket="labels", Prefix="night/_staging/data/").get("Contents", [])
+        return bool(got) or not job.is_alive()
+
+    _wait(staged, 300, "output to be staged")
+    faulty_s3.set(1.0, ("503",), match=lambda method, path: method == "GET" and "/corpus/" in path)
+    job.join(timeout=600)
+    err = result.get("error")
+    assert isinstance(err, StorageError), result
+    assert "corpus/night/part-" in str(err) and "\n" not in str(err)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="labels")["Contents"]]
+    assert "night/_SUCCESS" not in keys and not any(
+        k.endswith(".parquet") and "_staging" not in k for k in keys
+    )
+
+    faulty_s3.set(0.0)
+    report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+    assert report["status"] == "complete" and report["resumed"] is True
+    assert report["documents"] < len(ids)
+    assert [r["id"] for r in _s3_output(cfg)] == sorted(ids)
