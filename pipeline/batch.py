@@ -24,7 +24,7 @@ from pipeline.models import source_revision
 from pipeline.placement import PlacementWatch, actor_needs
 from pipeline.publish import SUCCESS, Publisher
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
-from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_s3, is_transient
+from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +235,25 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
     tally_name = f"bert-pipeline-tally-{uuid.uuid4().hex[:12]}"
     tally = Tally.options(name=tally_name).remote()  # type: ignore[attr-defined]
     ctx = DataContext.get_current()
-    previous = ctx.checkpoint_config
-    checkpoint_path = ("s3://" + pub.checkpoint) if is_s3(cfg.output.path) else pub.checkpoint
+    fields = (
+        "checkpoint_config",
+        "raise_original_map_exception",
+        "write_file_retry_on_errors",
+        "retried_io_errors",
+    )
+    previous = {f: getattr(ctx, f) for f in fields}
     ctx.checkpoint_config = CheckpointConfig(
         id_column=cfg.input.id_column,
-        checkpoint_path=checkpoint_path,
+        checkpoint_path=pub.checkpoint,  # a path in out_fs (storage.S3Handler on S3): no scheme
         override_filesystem=out_fs,
         checkpoint_manager_cls=FilteredByReader,
     )
     ctx.raise_original_map_exception = True  # our errors arrive as themselves (see _our_error)
+    # One retry policy, s3.max_attempts (the AWS SDK's standard mode, in every process through
+    # storage.S3Handler), rather than Ray Data's ten backed-off attempts stacked on top of it,
+    # which would hold a failing night for minutes per file before saying anything.
+    ctx.write_file_retry_on_errors = []
+    ctx.retried_io_errors = []
     r = cfg.ray
     need = actor_needs(r.cpus_per_actor, r.gpus_per_actor, r.infer_resources)
     if cfg.runtime.backend == "serve":
@@ -275,7 +285,8 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
         counts.update(ray.get(tally.get_notes.remote()))
         return counts
     finally:
-        ctx.checkpoint_config = previous
+        for name, value in previous.items():
+            setattr(ctx, name, value)
         ray.kill(tally)
 
 

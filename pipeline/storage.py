@@ -16,8 +16,9 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
+
 if TYPE_CHECKING:
-    import pyarrow.fs as pafs
     import s3fs
 
     from pipeline.config import S3Options
@@ -141,24 +142,97 @@ def _botocore_config(options: S3Options) -> dict:
 
 def arrow_filesystem(path: str, options: S3Options) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path within it) for a local path or an s3:// URI."""
-    import pyarrow.fs as pafs
-
     if not is_s3(path):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pafs.PyFileSystem(S3Handler(options.model_dump())), strip_scheme(path).rstrip("/")
+
+
+def _s3(options: dict) -> pafs.S3FileSystem:
     kwargs: dict = {
-        "anonymous": options.anonymous,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
-        "connect_timeout": options.connect_timeout_s,
-        "request_timeout": options.request_timeout_s,
+        "anonymous": options["anonymous"],
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options["max_attempts"]),
+        "connect_timeout": options["connect_timeout_s"],
+        "request_timeout": options["request_timeout_s"],
     }
-    if options.region:
-        kwargs["region"] = options.region
-    if options.endpoint_url:
-        url = urlparse(options.endpoint_url)
+    if options["region"]:
+        kwargs["region"] = options["region"]
+    if options["endpoint_url"]:
+        url = urlparse(options["endpoint_url"])
         kwargs["endpoint_override"] = url.netloc or url.path
         kwargs["scheme"] = url.scheme or "https"
         kwargs.setdefault("region", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    return pafs.S3FileSystem(**kwargs), strip_scheme(path).rstrip("/")
+    return pafs.S3FileSystem(**kwargs)
+
+
+class S3Handler(pafs.FileSystemHandler):
+    """pyarrow's S3 filesystem, rebuilt from our options wherever it is unpickled.
+
+    A pickled `pyarrow.fs.S3FileSystem` loses its retry strategy (pyarrow 26): shipped to
+    a Ray worker it falls back to 3 attempts, and a throttled night fails. This handler
+    carries the options instead, so Ray Data's write tasks, its checkpoint writer and our
+    read tasks all retry as configured. Streams are pyarrow's own: no Python per byte.
+    """
+
+    def __init__(self, options: dict) -> None:
+        self.options = options
+        self._fs = None
+
+    def __reduce__(self):
+        return (S3Handler, (self.options,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, S3Handler) and other.options == self.options
+
+    @property
+    def fs(self) -> pafs.S3FileSystem:
+        if self._fs is None:
+            self._fs = _s3(self.options)
+        return self._fs
+
+    def get_type_name(self) -> str:
+        return "s3+retries"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete the contents of the whole bucket root")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)
 
 
 def join(base: str, *parts: str) -> str:

@@ -83,9 +83,10 @@ class FaultyS3:
                 data = resp.read()
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
-                    if k.lower() not in HOP and k.lower() != "content-length":
+                    if k.lower() not in HOP and (k.lower() != "content-length" or self.command == "HEAD"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":  # a HEAD answer keeps the object's own length
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -194,14 +194,20 @@ def faulty_s3(s3_server):
 def _s3_night(
     s3_client, tiny_models, tmp_path, proxy_url: str, n_files: int, **s3_opts
 ) -> tuple[dict, list[int]]:
+    """Corpus, models and output on S3 behind the proxy, under a prefix of this test's own."""
+    night = tmp_path.name  # the moto server lives for the whole session
     for bucket in ("corpus", "labels", "models"):
         s3_client.create_bucket(Bucket=bucket)
     ids = write_corpus(tmp_path / "in", n_files=n_files, rows_per_file=80, seed=5)
-    upload_dir(s3_client, tmp_path / "in", "corpus", "night")
-    upload_dir(s3_client, tiny_models[0], "models", "cls")
-    upload_dir(s3_client, tiny_models[1], "models", "ner")
+    upload_dir(s3_client, tmp_path / "in", "corpus", night)
+    upload_dir(s3_client, tiny_models[0], "models", f"{night}/cls")
+    upload_dir(s3_client, tiny_models[1], "models", f"{night}/ner")
     cfg = batch_config(
-        "s3://models/cls/", "s3://models/ner/", "s3://corpus/night/", "s3://labels/night/", tmp_path / "cache"
+        f"s3://models/{night}/cls/",
+        f"s3://models/{night}/ner/",
+        f"s3://corpus/{night}/",
+        f"s3://labels/{night}/",
+        tmp_path / "cache",
     )
     cfg["s3"] = {"endpoint_url": proxy_url, **s3_opts}
     cfg["output"].update(min_rows_per_file=80, max_rows_per_file=160)
@@ -211,8 +217,13 @@ def _s3_night(
 def _s3_output(cfg: dict) -> list[dict]:
     from pipeline.storage import arrow_filesystem
 
-    fs, root = arrow_filesystem("s3://labels/night/", PipelineConfig.from_dict(cfg).s3)
+    fs, root = arrow_filesystem(cfg["output"]["path"], PipelineConfig.from_dict(cfg).s3)
     return read_rows(pq.read_table(root, filesystem=fs))
+
+
+def _keys(s3_client, cfg: dict) -> list[str]:
+    prefix = cfg["output"]["path"].split("/", 3)[3]
+    return [o["Key"] for o in s3_client.list_objects_v2(Bucket="labels", Prefix=prefix).get("Contents", [])]
 
 
 def test_s3_throttling_and_dropped_connections_are_retried(
@@ -237,8 +248,7 @@ def test_transient_errors_are_never_taken_for_a_bad_file(
     with pytest.raises(StorageError, match=r"part-001\.parquet still failed after the configured retries"):
         batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     assert faulty_s3.counts["faults"] >= 2
-    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="labels").get("Contents", [])]
-    assert not keys, "nothing staged or published: the file was not skipped as bad"
+    assert not _keys(s3_client, cfg), "nothing staged or published: the file was not skipped as bad"
 
 
 def test_s3_outage_mid_run_fails_in_one_line_and_the_rerun_resumes(
@@ -258,22 +268,22 @@ def test_s3_outage_mid_run_fails_in_one_line_and_the_rerun_resumes(
     job.start()
 
     def staged() -> bool:
-        got = s3_client.list_objects_v2(Bucket="labels", Prefix="night/_staging/data/").get("Contents", [])
-        return bool(got) or not job.is_alive()
+        keys = _keys(s3_client, cfg)
+        committed = [k for k in keys if "/_staging/checkpoint/" in k and k.endswith(".parquet")]
+        return any(not k.endswith(".pending.parquet") for k in committed) or not job.is_alive()
 
-    _wait(staged, 300, "output to be staged")
-    faulty_s3.set(1.0, ("503",), match=lambda method, path: method == "GET" and "/corpus/" in path)
+    _wait(staged, 300, "a checkpoint to be committed")
+    # from now on every write of the night fails: data files and checkpoint files alike
+    faulty_s3.set(1.0, ("503",), match=lambda method, path: method in ("PUT", "POST") and "/labels/" in path)
     job.join(timeout=600)
     err = result.get("error")
     assert isinstance(err, StorageError), result
-    assert "corpus/night/part-" in str(err) and "\n" not in str(err)
-    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="labels")["Contents"]]
-    assert "night/_SUCCESS" not in keys and not any(
-        k.endswith(".parquet") and "_staging" not in k for k in keys
-    )
+    assert f"s3://labels/{tmp_path.name}/_staging/" in str(err) and "\n" not in str(err)
+    keys = _keys(s3_client, cfg)
+    assert not any(k.endswith("_SUCCESS") or (k.endswith(".parquet") and "_staging" not in k) for k in keys)
 
     faulty_s3.set(0.0)
     report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     assert report["status"] == "complete" and report["resumed"] is True
-    assert report["documents"] < len(ids)
+    assert report["already_written"] > 0 and report["documents"] == len(ids) - report["already_written"]
     assert [r["id"] for r in _s3_output(cfg)] == sorted(ids)
