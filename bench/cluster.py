@@ -1,9 +1,11 @@
 """A Ray cluster of several nodes on this machine, started as an operator starts one.
 
 `ray start --head` plus `ray start --address=...` per worker node, each node with its own
-CPUs and custom resources, token authentication on (as in cluster.yaml). All of its
-processes carry the cluster's own temp dir in their command line, so `stop()` (and a test
-that kills one node's raylet) touches this cluster only, never another Ray on the machine.
+CPUs and custom resources, token authentication on (as in cluster.yaml) with a token of its
+own: `env` is the environment a process needs to talk to it (`pipeline run --address`).
+All of its processes carry the cluster's own temp dir in their command line, so `stop()`
+(and a test that kills one node's raylet) touches this cluster only, never another Ray on
+the machine, and nothing here changes the calling process's own environment.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -21,9 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GIB = 1024**3
-# Token authentication stays on, and Ray reads this once per process, before its first use:
-# a process that talks to such a cluster (the sampler, a test) must have it from the start.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def free_port() -> int:
@@ -53,10 +54,11 @@ def children() -> dict[int, list[int]]:
     return kids
 
 
-def _env() -> dict[str, str]:
+def cluster_env(token: str) -> dict[str, str]:
+    """This process's environment, set to reach a token-authenticated cluster (and no other)."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    env["RAY_AUTH_MODE"] = "token"
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     return env
 
 
@@ -69,11 +71,13 @@ class LocalCluster:
         head: Node | None = None,
         dashboard: bool = False,
         system_config: dict | None = None,
+        token: str | None = None,
     ) -> None:
         self.head = head or Node(cpus=0, object_store_gib=0.5)
         self.workers = list(workers)
         self.dashboard = dashboard
         self.system_config = system_config
+        self.env = cluster_env(token or secrets.token_hex(24))
         self.temp_dir = tempfile.mkdtemp(prefix="bp-cluster-", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -84,7 +88,7 @@ class LocalCluster:
         cmd.append(f"--object-store-memory={int(node.object_store_gib * GIB)}")
         if node.resources:
             cmd.append(f"--resources={json.dumps(node.resources)}")
-        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=180)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
@@ -140,10 +144,20 @@ class LocalCluster:
         raise LookupError(f"no raylet declares {resource}")
 
     def alive_nodes(self) -> list[dict]:
-        """The GCS's node table (alive nodes only), read without joining the cluster."""
-        from ray._private.internal_api import get_state_from_address
-
-        return [n for n in get_state_from_address(self.address).node_table() if n["Alive"]]
+        """The GCS's node table (alive nodes only), read by a client with this cluster's token."""
+        code = (
+            "import json, sys; from ray._private.internal_api import get_state_from_address; "
+            "nodes = get_state_from_address(sys.argv[1]).node_table(); "
+            "print(json.dumps([{'NodeID': n['NodeID'], 'Resources': n['Resources']} for n in nodes if n['Alive']]))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, self.address],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else []
 
     def wait_for_nodes(self, n: int, timeout: float = 120) -> None:
         deadline = time.time() + timeout

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,22 +27,33 @@ import time
 from pathlib import Path
 
 import yaml
+from pyarrow.fs import LocalFileSystem
 
 from bench.cluster import LocalCluster, Node
 from bench.corpus import write_parquet
 from bench.sampler import KINDS, Sampler
+from pipeline.publish import Publisher
 
 FILE_ROWS = 10_000  # input rows per Parquet file, like a night's many files
 LAYOUTS = {
     # head: driver + GCS only; node A: the inference actor; node B: read/encode, decode/write
-    "multi": lambda: LocalCluster(
-        [Node(cpus=1, resources={"inference_node": 1}), Node(cpus=1)], head=Node(cpus=0, object_store_gib=0.5)
+    "multi": lambda token: LocalCluster(
+        [Node(cpus=1, resources={"inference_node": 1}), Node(cpus=1)],
+        head=Node(cpus=0, object_store_gib=0.5),
+        token=token,
     ),
     # the quickstart: one node with both cores
-    "single": lambda: LocalCluster(
-        [], head=Node(cpus=2, resources={"inference_node": 1}, object_store_gib=1.5)
+    "single": lambda token: LocalCluster(
+        [], head=Node(cpus=2, resources={"inference_node": 1}, object_store_gib=1.5), token=token
     ),
 }
+
+
+def bench_token() -> str:
+    """One token for every cluster the bench starts, in this process's environment before Ray
+    is first used here: the sampler reads the object store's figures from the GCS."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    return os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(24))
 
 
 def corpus(root: Path, n: int) -> Path:
@@ -83,14 +95,13 @@ def _command(cfg: Path, address: str, overwrite: bool) -> list[str]:
 
 def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after: float | None = None) -> dict:
     """One `pipeline run` (sampled); with kill_after, SIGKILL it then and report the checkpoint."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     started = time.time()
     with open(log, "w") as sink:
         proc = subprocess.Popen(
             _command(cfg, cluster.address, overwrite=True),
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=cluster.env,
             start_new_session=True,
         )
         with Sampler(proc.pid, cluster.temp_dir, cluster.address, out) as sampler:
@@ -110,7 +121,7 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
     }
     if kill_after is not None and proc.returncode != 0:
         result["killed_at_s"] = kill_after
-        result["checkpointed_rows"] = checkpointed_rows(out)
+        result["checkpointed_rows"] = Publisher(LocalFileSystem(), str(out)).checkpointed()
         result["staged_rows"] = sampler.series[-1]["written"] if sampler.series else 0
         return result
     report = json.loads((out / "_report.json").read_text())
@@ -122,25 +133,15 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
     return result
 
 
-def checkpointed_rows(out: Path) -> int:
-    """Rows whose ids Ray Data's checkpoint has committed (pending files do not count)."""
-    import pyarrow.fs as pafs
-
-    from pipeline.publish import Publisher
-
-    return Publisher(pafs.LocalFileSystem(), str(out)).checkpointed()
-
-
 def resume_check(layout: str, root: Path, cfg: Path, out: Path, full: dict, n: int) -> dict:
     """Kill a run at 60% of the full run's time, rerun it, and compare what was redone."""
     kill_at = 0.6 * full["wall_s"]
-    cluster = LAYOUTS[layout]()
+    cluster = LAYOUTS[layout](bench_token())
     with cluster:
         killed = run_once(cluster, cfg, out, root / f"{layout}-killed.log", kill_after=kill_at)
         rerun_cmd = _command(cfg, cluster.address, overwrite=False)
-        env = {**os.environ, "RAY_AUTH_MODE": "token"}
         t0 = time.time()
-        done = subprocess.run(rerun_cmd, capture_output=True, text=True, env=env)
+        done = subprocess.run(rerun_cmd, capture_output=True, text=True, env=cluster.env)
         rerun_s = time.time() - t0
     report = json.loads((out / "_report.json").read_text())
     startup = full["report"].get("startup_s") or 0.0
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         out = root / f"out-{n}"
         cfg = config(root, models, data, out, args.docs_per_batch)
         print(f"== {n:,} documents, {args.layout} layout", flush=True)
-        with LAYOUTS[args.layout]() as cluster:
+        with LAYOUTS[args.layout](bench_token()) as cluster:
             run = run_once(cluster, cfg, out, root / f"run-{n}.log")
         if run["returncode"] != 0:
             raise SystemExit(f"pipeline run failed on {n} documents: see {root / f'run-{n}.log'}")
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         for layout in ("single", "multi"):
             full = measured
             if layout != args.layout:  # the full run it is compared with, on this layout
-                with LAYOUTS[layout]() as cluster:
+                with LAYOUTS[layout](bench_token()) as cluster:
                     full = run_once(cluster, cfg, out, root / f"{layout}-full.log")
             print(f"== kill at 60% and resume: {small:,} documents, {layout} layout", flush=True)
             check = resume_check(layout, root, cfg, out, full, small)

@@ -32,5 +32,8 @@ def test_nightly_config_is_valid_and_fits_the_gpu_pool():
         for t in config["available_node_types"].values()
         if t["node_config"]["InstanceType"].startswith("g5")
     )
-    assert cfg.ray.gpus_per_actor == 1 and cfg.ray.infer_actors <= gpu_nodes
+    low, high = cfg.ray.actor_pool()
+    assert cfg.ray.gpus_per_actor == 1 and 1 <= low < high <= gpu_nodes, (
+        "a pool that grows with the GPU nodes"
+    )
     assert cfg.input.path.startswith("s3://") and "{date}" in cfg.output.path

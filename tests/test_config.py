@@ -45,6 +45,10 @@ def test_no_model_is_an_error():
         ("models.classifier.long_text=middle", "models.classifier.long_text"),
         ("models.ner.stride=600", "models.ner"),
         ("bogus=1", "bogus: unknown key"),
+        ("ray.infer_actors=0", "ray.infer_actors: Input should be greater than 0"),
+        ("ray.infer_actors={min: 3, max: 2}", "ray.infer_actors: min (3) must not exceed max (2)"),
+        ("ray.infer_actors={min: 1}", "ray.infer_actors.max: Field required"),
+        ("s3.max_attempts=0", "s3.max_attempts"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, key):
@@ -78,3 +82,11 @@ def test_config_hash_is_stable_and_sensitive():
     a = PipelineConfig.from_dict(BASE)
     assert a.config_hash() == PipelineConfig.from_dict(BASE).config_hash()
     assert a.config_hash() != PipelineConfig.from_dict(BASE, ["runtime.batch_size=8"]).config_hash()
+
+
+def test_inference_pool_is_a_size_or_a_range():
+    assert PipelineConfig.from_dict(BASE, ["ray.infer_actors=3"]).ray.actor_pool() == (3, 3)
+    grows = PipelineConfig.from_dict(BASE, ["ray.infer_actors={min: 1, max: 8}"])
+    assert grows.ray.actor_pool() == (1, 8)
+    pinned = PipelineConfig.from_dict(BASE, ["ray.infer_resources={inference_node: 1}"])
+    assert pinned.ray.infer_resources == {"inference_node": 1}

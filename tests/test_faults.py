@@ -18,11 +18,12 @@ import pytest
 import yaml
 from conftest import batch_config, read_output, read_rows, upload_dir, write_corpus
 from faulty_s3 import FaultyS3
+from pyarrow.fs import LocalFileSystem
 
 from bench.cluster import LocalCluster, Node, children
-from bench.scale import checkpointed_rows
 from pipeline import PipelineConfig, batch
 from pipeline.inputs import InputError
+from pipeline.publish import Publisher
 from pipeline.storage import StorageError
 
 pytestmark = pytest.mark.slow
@@ -120,12 +121,23 @@ def _night_config(tmp_path: Path, tiny_models, n_files: int, **ray_opts) -> tupl
     return path, out, ids
 
 
-def _run_cli(path: Path, address: str, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(path), "--address", address, "--show", "0"]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    return subprocess.Popen(
-        cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+def _run_cli(path: Path, cluster: LocalCluster, log: Path) -> subprocess.Popen:
+    """`pipeline run` as an operator starts it against that cluster (its token, its address)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        str(path),
+        "--address",
+        cluster.address,
+        "--show",
+        "0",
+    ]
+    with open(log, "w") as sink:
+        return subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True
+        )
 
 
 def _actor_raylet(cluster: LocalCluster) -> int:
@@ -146,7 +158,7 @@ def test_losing_the_inference_node_mid_run_loses_no_row(tiny_models, tmp_path):
     path, out, ids = _night_config(tmp_path, tiny_models, n_files=16, infer_resources={"infer": 1})
     nodes = [Node(cpus=2, resources={"infer": 1}), Node(cpus=2, resources={"infer": 1})]
     with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
-        run = _run_cli(path, cluster.address, tmp_path / "run.log")
+        run = _run_cli(path, cluster, tmp_path / "run.log")
         _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
         victim = _actor_raylet(cluster)
         os.kill(victim, signal.SIGKILL)  # the whole node: raylet, object store, its workers
@@ -163,7 +175,7 @@ def test_no_node_left_for_the_actor_fails_clearly_and_a_rerun_resumes(tiny_model
     )
     nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=2)]  # only the first can host the actor
     with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
-        run = _run_cli(path, cluster.address, tmp_path / "run.log")
+        run = _run_cli(path, cluster, tmp_path / "run.log")
         _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
         os.kill(cluster.raylet_pid("infer"), signal.SIGKILL)
         assert run.wait(timeout=300) == 1
@@ -174,9 +186,9 @@ def test_no_node_left_for_the_actor_fails_clearly_and_a_rerun_resumes(tiny_model
         assert not (out / "_SUCCESS").exists() and not _published(out)
 
         cluster.add(Node(cpus=1, resources={"infer": 1}))  # the operator brings a node back
-        done_before = checkpointed_rows(out)
+        done_before = Publisher(LocalFileSystem(), str(out)).checkpointed()
         assert done_before > 0
-        rerun = _run_cli(path, cluster.address, tmp_path / "rerun.log")
+        rerun = _run_cli(path, cluster, tmp_path / "rerun.log")
         assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-4000:]
     report = json.loads((out / "_report.json").read_text())
     assert report["resumed"] is True

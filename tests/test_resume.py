@@ -10,8 +10,9 @@ import time
 
 import yaml
 from conftest import batch_config, read_output, write_corpus
+from pyarrow.fs import LocalFileSystem
 
-from bench.scale import checkpointed_rows
+from pipeline.publish import Publisher
 
 
 def test_sigkilled_driver_resumes_where_it_stopped(ray_cluster, tiny_models, tmp_path):
@@ -47,7 +48,7 @@ def test_sigkilled_driver_resumes_where_it_stopped(ray_cluster, tiny_models, tmp
     first.wait()
     written_before = len(list(staged.glob("*.parquet")))
     assert written_before >= 3 and not (out / "_SUCCESS").exists()
-    durable = checkpointed_rows(out)  # ids the checkpoint committed before the kill
+    durable = Publisher(LocalFileSystem(), str(out)).checkpointed()  # ids committed before the kill
     assert durable > 0
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
