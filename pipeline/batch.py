@@ -360,6 +360,14 @@ def summary(report: dict[str, Any]) -> str:
         f"  output: {report['output']} ({report.get('output_files', '?')} files, "
         f"{report.get('output_rows', '?')} rows; input rows {report['input_rows']})",
     ]
+    if report.get("already_written"):
+        lines.append(
+            f"  resumed: {report['already_written']} documents were already written by the earlier run"
+        )
     if report["skipped_files"]:
-        lines.append(f"  skipped {len(report['skipped_files'])} bad input file(s): see _report.json")
+        lines.append(
+            f"  skipped {len(report['skipped_files'])} bad input file(s)"
+            + (f", {report['skipped_rows']} rows" if report.get("skipped_rows") else "")
+            + ": see _report.json"
+        )
     return "\n".join(lines)
