@@ -12,22 +12,35 @@ import numpy as np
 
 
 def matmul_peak(dtype: str, device: str = "cpu", size: int = 2048, seconds: float = 3.0) -> float:
-    """Measured GFLOP/s of a square matmul in this dtype on this device (the MFU denominator)."""
+    """Measured GFLOP/s of a square matmul in this dtype on this device (the MFU denominator).
+
+    The matrix grows from 256 up to `size` only while one product stays well inside the time
+    budget: a CPU without native bf16 runs it at ~1 GFLOP/s, where one 2048² product takes
+    13 s and a fixed size made the sampling, not the contenders, the whole benchmark.
+    """
     import torch
 
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a = torch.randn(size, size, device=device, dtype=dt)
-    b = torch.randn(size, size, device=device, dtype=dt)
-    for _ in range(3):
-        a @ b
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
+    n_side = 256
+    while True:
+        a = torch.randn(n_side, n_side, device=device, dtype=dt)
+        b = torch.randn(n_side, n_side, device=device, dtype=dt)
+        a @ b  # warm-up (kernel selection, caches)
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        one = time.perf_counter() - start
+        if n_side * 2 > size or one * 8 * 20 > seconds:  # the next size (8x work) must fit 1/20
+            break
+        n_side *= 2
     n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while n == 0 or time.perf_counter() - start < seconds:
         a @ b
         n += 1
     sync()
-    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+    return 2 * n_side**3 * n / (time.perf_counter() - start) / 1e9
 
 
 def model_shape(path: Path) -> tuple[int, int]:
