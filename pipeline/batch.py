@@ -149,6 +149,15 @@ def _columns(cfg: PipelineConfig, available: list[str]) -> list[str]:
     return wanted
 
 
+def cpu_tasks(configured: int | None) -> int:
+    """The cap on concurrent encode (and, apart, decode) tasks: configured, else half the
+    cluster's CPUs now. Measured on 2 cores: a 300-document job took 27 s with a cap of 2 and
+    17 s with 1, as fewer fresh workers import the tokenizer stack at once."""
+    import ray
+
+    return configured or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+
+
 def build_dataset(
     cfg: PipelineConfig,
     inputs: InputFiles,
@@ -178,13 +187,17 @@ def build_dataset(
     source = ParquetDocs(
         units, fs, columns, inputs.schema, r.docs_per_batch, cfg.input.on_bad_file, tally, done
     )
+    tasks = cpu_tasks(r.cpu_tasks)
     # One block stream per read unit: no extra split, which would keep the read from fusing.
-    ds = ray.data.read_datasource(source, num_cpus=r.cpus_per_task, override_num_blocks=len(units))
+    ds = ray.data.read_datasource(
+        source, num_cpus=r.cpus_per_task, override_num_blocks=len(units), concurrency=tasks
+    )
     ds = ds.map_batches(
         encode_batch,
         batch_format="pyarrow",
         batch_size=None,  # the reader's blocks are already docs_per_batch rows
         num_cpus=r.cpus_per_task,
+        concurrency=tasks,  # same cap as the read: the two fuse
         fn_kwargs={"config": conf, "text_column": text},
     )
     if cfg.runtime.backend == "serve":  # the running Serve app's Model deployment does the work
@@ -214,6 +227,7 @@ def build_dataset(
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=r.cpus_per_task,
+        concurrency=tasks,  # the write gets the same cap: the two fuse
         fn_kwargs={
             "config": conf,
             "text_column": text,
@@ -270,6 +284,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
                     max_rows_per_file=cfg.output.max_rows_per_file,
                     compression=compression,
                     ray_remote_args={"num_cpus": r.cpus_per_task},  # same as decode: the two fuse
+                    concurrency=cpu_tasks(r.cpu_tasks),
                 )
             except KeyboardInterrupt:
                 watch.check()  # the watch stopped the run: say why, in one line

@@ -135,6 +135,13 @@ class RayConfig(_Strict):
     docs_per_batch: int = Field(
         256, ge=1, description="documents per stage call; more = tighter length sorting"
     )
+    cpu_tasks: PositiveInt | None = Field(
+        None,
+        description="most encode tasks at once, and apart most decode tasks; default: half the "
+        "cluster's CPUs at start (the two stages share them). Each new task worker imports the "
+        "tokenizer stack (~4 s of CPU), so more tasks than cores only add start-up and memory. "
+        "Raise it for a CPU cluster that autoscales",
+    )
     actor_node_timeout_s: float = Field(
         600,
         gt=0,

@@ -155,7 +155,7 @@ def _actor_raylet(cluster: LocalCluster) -> int:
 
 
 def test_losing_the_inference_node_mid_run_loses_no_row(tiny_models, tmp_path):
-    path, out, ids = _night_config(tmp_path, tiny_models, n_files=16, infer_resources={"infer": 1})
+    path, out, ids = _night_config(tmp_path, tiny_models, n_files=6, infer_resources={"infer": 1})
     nodes = [Node(cpus=2, resources={"infer": 1}), Node(cpus=2, resources={"infer": 1})]
     with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
         run = _run_cli(path, cluster, tmp_path / "run.log")
@@ -171,7 +171,7 @@ def test_losing_the_inference_node_mid_run_loses_no_row(tiny_models, tmp_path):
 
 def test_no_node_left_for_the_actor_fails_clearly_and_a_rerun_resumes(tiny_models, tmp_path):
     path, out, ids = _night_config(
-        tmp_path, tiny_models, n_files=16, infer_resources={"infer": 1}, actor_node_timeout_s=8
+        tmp_path, tiny_models, n_files=6, infer_resources={"infer": 1}, actor_node_timeout_s=8
     )
     nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=2)]  # only the first can host the actor
     with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:

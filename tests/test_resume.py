@@ -16,11 +16,11 @@ from pipeline.publish import Publisher
 
 
 def test_sigkilled_driver_resumes_where_it_stopped(ray_cluster, tiny_models, tmp_path):
-    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=250)
+    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=200)
     out = tmp_path / "out"
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
-    cfg["ray"]["docs_per_batch"] = 16
-    cfg["output"].update(min_rows_per_file=16, max_rows_per_file=64)
+    cfg["ray"]["docs_per_batch"] = 50
+    cfg["output"].update(min_rows_per_file=50, max_rows_per_file=100)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [
         sys.executable,
