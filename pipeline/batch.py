@@ -21,7 +21,7 @@ from pipeline.columns import output_fields
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.inputs import InputError, InputFiles, discover, inspect
 from pipeline.models import source_revision
-from pipeline.placement import PlacementWatch, actor_needs
+from pipeline.placement import PlacementWatch, StopRun, actor_needs
 from pipeline.publish import SUCCESS, Publisher
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
@@ -286,7 +286,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
                     ray_remote_args={"num_cpus": r.cpus_per_task},  # same as decode: the two fuse
                     concurrency=cpu_tasks(r.cpu_tasks),
                 )
-            except KeyboardInterrupt:
+            except StopRun:
                 watch.check()  # the watch stopped the run: say why, in one line
                 raise
             except Exception as exc:

@@ -4,23 +4,40 @@ Ray restarts a lost inference actor on another node that has the resources it as
 (GPUs, CPUs, the custom resources that pin it to a node type). When no alive node has them,
 the restart waits forever and so would the job. This watch checks the alive nodes every few
 seconds; when none could host an actor for `grace_s` in a row (room for an autoscaler to
-bring one up), it interrupts the driver, and the job fails with one line that says so. The
+bring one up), it stops the driver's job, and the job fails with one line that says so. The
 staged output and its checkpoint stay: a rerun, once such a node is back, resumes.
 """
 
 from __future__ import annotations
 
-import _thread
+import ctypes
 import logging
 import threading
 import time
 
 log = logging.getLogger(__name__)
-REPEAT_S = 10.0  # seconds between interrupts until the driver has unwound
+REPEAT_S = 10.0  # seconds between stops until the driver has unwound
 
 
 class NoActorNodeError(RuntimeError):
     """No alive node can host an inference actor (resources named in the message)."""
+
+
+class StopRun(BaseException):  # noqa: N818 - a stop, like KeyboardInterrupt, not an error
+    """Raised inside the thread that runs the job when the watch stops it."""
+
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in that thread at its next Python instruction (None: cancel a pending one).
+
+    Not a signal: no SIGINT handler is needed (a process started with SIGINT ignored, as a
+    child of some tools is, has none) and the job may run in any thread.
+    """
+    _set_async_exc(thread_id, ctypes.py_object(exc) if exc else ctypes.py_object())
 
 
 def actor_needs(cpus: float, gpus: float, resources: dict[str, float]) -> dict[str, float]:
@@ -47,9 +64,12 @@ class PlacementWatch:
         self.period_s = period_s
         self.tripped: str | None = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._job_thread = threading.get_ident()
         self._thread = threading.Thread(target=self._loop, name="placement-watch", daemon=True)
 
     def __enter__(self) -> PlacementWatch:
+        self._job_thread = threading.get_ident()
         self._thread.start()
         return self
 
@@ -80,15 +100,20 @@ class PlacementWatch:
                 )
                 log.error(self.tripped)
                 break
-        # As Ctrl-C would: Ray Data stops its execution and the driver unwinds. Repeated until it
-        # does: an interrupt that lands inside Ray's own error handling can be swallowed there
-        # (seen once in ~10 runs: the night then waited forever on the restarting actor).
-        while self.tripped and not self._stop.is_set():
-            _thread.interrupt_main()
+        # Raised in the job's thread: Ray Data stops its execution and the driver unwinds.
+        # Repeated until it does: one stop that lands inside Ray's own error handling can be
+        # lost there, and the night would wait forever on the restarting actor.
+        while self.tripped:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                _raise_in(self._job_thread, StopRun)
             self._stop.wait(REPEAT_S)
 
     def check(self) -> None:
-        """Raise the one-line error if the watch stopped the run (and stop interrupting)."""
+        """Raise the one-line error if the watch stopped the run (and stop stopping it)."""
         if self.tripped:
-            self._stop.set()
+            with self._lock:
+                self._stop.set()
+                _raise_in(self._job_thread, None)  # a stop still pending would hit our handler
             raise NoActorNodeError(self.tripped)
