@@ -154,31 +154,26 @@ def _actor_raylet(cluster: LocalCluster) -> int:
     raise LookupError("no inference actor running")
 
 
-def test_losing_the_inference_node_mid_run_loses_no_row(tiny_models, tmp_path):
-    path, out, ids = _night_config(tmp_path, tiny_models, n_files=6, infer_resources={"infer": 1})
-    nodes = [Node(cpus=2, resources={"infer": 1}), Node(cpus=2, resources={"infer": 1})]
-    with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
-        run = _run_cli(path, cluster, tmp_path / "run.log")
-        _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
-        victim = _actor_raylet(cluster)
-        os.kill(victim, signal.SIGKILL)  # the whole node: raylet, object store, its workers
-        assert run.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-4000:]
-        assert _actor_raylet(cluster) != victim
-    report = json.loads((out / "_report.json").read_text())
-    assert report["output_rows"] == len(ids)
-    assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
-
-
-def test_no_node_left_for_the_actor_fails_clearly_and_a_rerun_resumes(tiny_models, tmp_path):
+def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(tiny_models, tmp_path):
+    """One night, two node losses (SIGKILL of the whole raylet). The first: the actor restarts
+    on the other inference node and the night goes on. The second leaves no node that can host
+    it: the run fails in one line with nothing published; a node comes back and the rerun
+    labels exactly what was not yet written. (Two scenarios in one cluster: CI time.)"""
     path, out, ids = _night_config(
-        tmp_path, tiny_models, n_files=6, infer_resources={"infer": 1}, actor_node_timeout_s=8
+        tmp_path, tiny_models, n_files=8, infer_resources={"infer": 1}, actor_node_timeout_s=8
     )
-    nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=2)]  # only the first can host the actor
+    nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=1, resources={"infer": 1}), Node(cpus=1)]
     with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:
         run = _run_cli(path, cluster, tmp_path / "run.log")
         _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
-        os.kill(cluster.raylet_pid("infer"), signal.SIGKILL)
-        assert run.wait(timeout=300) == 1
+        first = _actor_raylet(cluster)
+        os.kill(first, signal.SIGKILL)  # the whole node: raylet, object store, its workers
+        staged = _staged(out)
+        _wait(lambda: _staged(out) > staged, 300, "the night to go on without that node", run)
+        second = _actor_raylet(cluster)
+        assert second != first, "the actor moved to the other inference node"
+        os.kill(second, signal.SIGKILL)  # now no alive node has the `infer` resource
+        assert run.wait(timeout=300) == 1, (tmp_path / "run.log").read_text()[-4000:]
         log = (tmp_path / "run.log").read_text()
         last = log.strip().splitlines()[-1]
         assert last.startswith("error: no alive node of the cluster can host an inference actor"), log[-3000:]
@@ -187,13 +182,13 @@ def test_no_node_left_for_the_actor_fails_clearly_and_a_rerun_resumes(tiny_model
 
         cluster.add(Node(cpus=1, resources={"infer": 1}))  # the operator brings a node back
         done_before = Publisher(LocalFileSystem(), str(out)).checkpointed()
-        assert done_before > 0
+        assert done_before >= 1000, "output written before the losses is kept"
         rerun = _run_cli(path, cluster, tmp_path / "rerun.log")
         assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-4000:]
     report = json.loads((out / "_report.json").read_text())
-    assert report["resumed"] is True
+    assert report["resumed"] is True and report["output_rows"] == len(ids)
     assert report["documents"] == len(ids) - done_before, "the rerun labels only what was not written"
-    assert [r["id"] for r in read_output(out)] == sorted(ids)
+    assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
 
 
 # -- S3 throttling and outages ------------------------------------------------------------------
@@ -241,7 +236,7 @@ def _keys(s3_client, cfg: dict) -> list[str]:
 def test_s3_throttling_and_dropped_connections_are_retried(
     ray_cluster, tiny_models, tmp_path, s3_client, faulty_s3
 ):
-    cfg, ids = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=4)
+    cfg, ids = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=2)
     faulty_s3.set(0.3)  # 30% of every request: reads, writes, listings, model download
     report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     faulty_s3.set(0.0)

@@ -16,7 +16,7 @@ from pipeline.publish import Publisher
 
 
 def test_sigkilled_driver_resumes_where_it_stopped(ray_cluster, tiny_models, tmp_path):
-    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=200)
+    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=120)
     out = tmp_path / "out"
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
     cfg["ray"]["docs_per_batch"] = 50
