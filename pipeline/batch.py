@@ -165,9 +165,10 @@ def build_dataset(
     columns: list[str],
     meta: dict,
     tally: str | None,
-    done: DoneIds | None = None,
+    done: DoneIds | None,
+    tasks: int,
 ):
-    """The Ray Data graph, up to (not including) the write.
+    """The Ray Data graph, up to (not including) the write (which gets the same `tasks` cap).
 
     Three operators, each a pool that runs all the time: read+encode (CPU tasks, fused),
     infer (actor pool), decode (CPU tasks, fused with the write by `write`). Every stage
@@ -187,7 +188,6 @@ def build_dataset(
     source = ParquetDocs(
         units, fs, columns, inputs.schema, r.docs_per_batch, cfg.input.on_bad_file, tally, done
     )
-    tasks = cpu_tasks(r.cpu_tasks)
     # One block stream per read unit: no extra split, which would keep the read from fusing.
     ds = ray.data.read_datasource(
         source, num_cpus=r.cpus_per_task, override_num_blocks=len(units), concurrency=tasks
@@ -273,7 +273,9 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
     if cfg.runtime.backend == "serve":
         need = actor_needs(r.cpus_per_task, 0, {})
     try:
-        ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name, done_ids(ctx, pub.data, out_fs))
+        tasks = cpu_tasks(r.cpu_tasks)  # once: decode and write must get the same cap to fuse
+        done = done_ids(ctx, pub.data, out_fs)
+        ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name, done, tasks)
         compression = None if cfg.output.compression == "none" else cfg.output.compression
         with PlacementWatch(need, r.actor_node_timeout_s) as watch:
             try:
@@ -284,7 +286,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
                     max_rows_per_file=cfg.output.max_rows_per_file,
                     compression=compression,
                     ray_remote_args={"num_cpus": r.cpus_per_task},  # same as decode: the two fuse
-                    concurrency=cpu_tasks(r.cpu_tasks),
+                    concurrency=tasks,
                 )
             except StopRun:
                 watch.check()  # the watch stopped the run: say why, in one line

@@ -65,7 +65,7 @@ class PlacementWatch:
         self.tripped: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._job_thread = threading.get_ident()
+        self._job_thread = 0  # the thread that enters the watch runs the job
         self._thread = threading.Thread(target=self._loop, name="placement-watch", daemon=True)
 
     def __enter__(self) -> PlacementWatch:
