@@ -135,14 +135,6 @@ class LocalCluster:
                 out.append(int(entry.name))
         return out
 
-    def raylet_pid(self, resource: str) -> int:
-        """The raylet of the node that declares this custom resource."""
-        for pid in self.pids("/raylet/raylet"):
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if f'"{resource}"' in cmd or f"{resource}," in cmd or f"{resource}:" in cmd:
-                return pid
-        raise LookupError(f"no raylet declares {resource}")
-
     def alive_nodes(self) -> list[dict]:
         """The GCS's node table (alive nodes only), read by a client with this cluster's token."""
         code = (

@@ -10,7 +10,6 @@ touches, so it is sampled on its own (bytes in use, bytes spilled) from the rayl
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -195,6 +194,3 @@ class Sampler:
             used[kind] += last - first
         total = sum(used.values()) or 1.0
         return {k: round(v / total, 3) for k, v in used.items()}
-
-    def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(self.series))

@@ -22,6 +22,8 @@ from pipeline.config import ConfigError, PipelineConfig
 from pipeline.inputs import InputError, InputFiles, discover, inspect
 from pipeline.models import source_revision
 from pipeline.placement import PlacementWatch, StopRun, actor_needs
+from pipeline.progress import ProgressLine, quiet_ray_data_console
+from pipeline.progress import interval_s as progress_interval_s
 from pipeline.publish import SUCCESS, Publisher
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
@@ -79,10 +81,12 @@ def run(
     out_fs, out_root = arrow_filesystem(out_path, cfg.s3)
     pub = Publisher(out_fs, out_root)
     if pub.complete() and not overwrite:
+        pub.tidy()
         echo(
             f"{out_path} is already complete ({SUCCESS} present): nothing to do. Use --overwrite to redo it."
         )
         return {**pub.report(), "status": "already_complete"}
+    meta = lineage(cfg, date)  # checks every model source, before Ray starts or anything is cleared
     if overwrite:
         pub.clear()
 
@@ -91,7 +95,6 @@ def run(
     for skipped in inputs.skipped:
         echo(f"skipping bad input file {skipped['path']}: {skipped['reason']}")
     columns = _columns(cfg, inputs.schema.names)
-    meta = lineage(cfg, date)
     counts: dict[str, Any] = {}
     if not pub.written():
         ensure_ray(address or cfg.ray.address)
@@ -102,7 +105,8 @@ def run(
         if cfg.input.check_unique_ids:
             from pipeline.idcheck import check_unique_ids
 
-            checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
+            with quiet_ray_data_console():
+                checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
             counts["id_check_s"] = checked.seconds
     resumed = pub.begin({"config_hash": meta["config_hash"], "date": date, "input": in_path})
     if resumed:
@@ -111,7 +115,9 @@ def run(
         counts["already_written"] = done
 
     if not pub.written():
-        counts.update(_execute(cfg, inputs, in_fs, columns, meta, pub, out_fs))
+        todo = inputs.rows - counts.get("already_written", 0)
+        with quiet_ray_data_console():
+            counts.update(_execute(cfg, inputs, in_fs, columns, meta, pub, out_fs, todo, echo))
         pub.mark_written()
     wall = time.time() - started
     first = counts.pop("first_infer_at", None)
@@ -197,7 +203,7 @@ def build_dataset(
         batch_format="pyarrow",
         batch_size=None,  # the reader's blocks are already docs_per_batch rows
         num_cpus=r.cpus_per_task,
-        concurrency=tasks,  # same cap as the read: the two fuse
+        compute=ray.data.TaskPoolStrategy(size=tasks),  # same cap as the read: the two fuse
         fn_kwargs={"config": conf, "text_column": text},
     )
     if cfg.runtime.backend == "serve":  # the running Serve app's Model deployment does the work
@@ -227,7 +233,7 @@ def build_dataset(
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=r.cpus_per_task,
-        concurrency=tasks,  # the write gets the same cap: the two fuse
+        compute=ray.data.TaskPoolStrategy(size=tasks),  # the write gets the same cap: the two fuse
         fn_kwargs={
             "config": conf,
             "text_column": text,
@@ -238,7 +244,7 @@ def build_dataset(
     )
 
 
-def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[str, Any]:
+def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: int, echo) -> dict[str, Any]:
     import ray
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
@@ -277,7 +283,14 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs) -> dict[
         done = done_ids(ctx, pub.data, out_fs)
         ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name, done, tasks)
         compression = None if cfg.output.compression == "none" else cfg.output.compression
-        with PlacementWatch(need, r.actor_node_timeout_s) as watch:
+
+        def labeled() -> int:
+            return int(ray.get(tally.get.remote(), timeout=5).get("documents", 0))
+
+        with (
+            PlacementWatch(need, r.actor_node_timeout_s) as watch,
+            ProgressLine(labeled, todo, echo, progress_interval_s()),
+        ):
             try:
                 ds.write_parquet(
                     pub.data,

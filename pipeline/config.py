@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -267,6 +268,7 @@ class PipelineConfig(_Strict):
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+        data = relative_to(data, path.resolve().parent)
         try:
             return cls.from_dict(data, overrides)
         except ConfigError as exc:
@@ -276,6 +278,48 @@ class PipelineConfig(_Strict):
         """Stable short hash of the effective config, recorded in outputs for lineage."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SCHEME = re.compile(r"^[A-Za-z][\w+.-]*://")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")  # a hub id: `name` or `org/name`
+
+
+def relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A config file's relative paths, resolved against the file's directory (as other
+    config-file tools do), so `pipeline run /path/to/config.yaml` works from any directory.
+
+    Applies to the input and output paths, the cache dir and local model sources; a model
+    source that names no existing path and reads as a hub id (`org/name`) stays a hub id.
+    Values given with `--set` stay relative to the working directory.
+    """
+    data = json.loads(json.dumps(data))  # deep copy, plain types only
+
+    def local(value: Any) -> bool:
+        return (
+            isinstance(value, str)
+            and bool(value)
+            and not _SCHEME.match(value)
+            and not (value.startswith(("/", "~")))
+        )
+
+    def resolved(value: str) -> str:
+        return os.path.normpath(base / value) + ("/" if value.endswith("/") else "")
+
+    for section in ("input", "output"):
+        node = data.get(section)
+        if isinstance(node, dict) and local(node.get("path")):
+            node["path"] = resolved(node["path"])
+    if local(data.get("cache_dir")):
+        data["cache_dir"] = resolved(data["cache_dir"])
+    models = data.get("models")
+    for spec in models.values() if isinstance(models, dict) else ():
+        source = spec.get("source") if isinstance(spec, dict) else None
+        if not local(source):
+            continue
+        hub_like = HUB_ID.match(source) and not source.startswith(".")
+        if (base / source).exists() or not hub_like:
+            spec["source"] = resolved(source)
+    return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

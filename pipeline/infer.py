@@ -12,7 +12,7 @@ row an error instead of failing its neighbours.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -225,7 +225,6 @@ class Inferred:
     ner_spans: np.ndarray | None = None  # [W, 2] token spans into the NER stream
     ner_logits: np.ndarray | None = None  # [sum of window lengths, C]
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class InferenceEngine:

@@ -68,7 +68,13 @@ def _discover(path: str, fs: pafs.FileSystem) -> list[str]:
         found = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
     found = sorted(p for p in found if not _hidden(p, root))
     if not found:
-        raise InputError(f"no Parquet files found at {path}")
+        others = sorted({i.path.rsplit(".", 1)[-1] for i in infos if i.type == pafs.FileType.File})
+        seen = (
+            f" (found files ending in: {', '.join(others[:8])}); only Parquet input is supported"
+            if others
+            else ""
+        )
+        raise InputError(f"no Parquet files found at {path}{seen}")
     return found
 
 
@@ -85,7 +91,36 @@ def _footer(fs: pafs.FileSystem, path: str) -> Footer | str:
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes a reason
         if is_transient(exc):
             raise StorageError("reading the footer of", path, exc) from exc
-        return f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+        return _not_parquet(fs, path) or f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+
+
+_TEXT_FORMATS = {
+    "csv": "CSV",
+    "tsv": "TSV",
+    "json": "JSON",
+    "jsonl": "JSON Lines",
+    "ndjson": "JSON Lines",
+    "txt": "text",
+}
+
+
+def _not_parquet(fs: pafs.FileSystem, path: str) -> str | None:
+    """Why a file is not Parquet at all (no `PAR1` magic at its start), in words a user acts on."""
+    try:
+        with fs.open_input_stream(path) as f:
+            head = f.read(4)
+    except Exception:  # noqa: BLE001 - the caller's reason stands
+        return None
+    if head == b"PAR1":
+        return None  # Parquet, but broken: the caller's reason says how
+    kind = _TEXT_FORMATS.get(path.rsplit(".", 1)[-1].lower())
+    if kind is None and head[:1] in (b"{", b"["):
+        kind = "JSON"
+    what = f"a {kind} file" if kind else "not a Parquet file"
+    return (
+        f"{what}: only Parquet input is supported (convert it first, e.g. with "
+        "pyarrow.csv.read_csv or pyarrow.json.read_json and pyarrow.parquet.write_table)"
+    )
 
 
 def inspect(

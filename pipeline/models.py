@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 
-from pipeline.config import ModelSpec, PipelineConfig, RuntimeConfig, S3Options
+from pipeline.config import HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
 from pipeline.storage import is_s3, s3_filesystem, strip_scheme
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 Task = Literal["classifier", "ner"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_FETCH = (".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 class ModelLoadError(RuntimeError):
@@ -75,14 +73,24 @@ def resolve_source(spec: ModelSpec, s3: S3Options, cache_dir: Path) -> tuple[Pat
     source = spec.source
     if is_s3(source):
         return _fetch_s3(source, s3, cache_dir, spec.allow_pickle)
+    local = local_dir(source)
+    if local is not None:
+        return local, _local_fingerprint(local)
+    return _fetch_hub(source, spec.revision, spec.allow_pickle)
+
+
+def local_dir(source: str) -> Path | None:
+    """The model directory a local source names, or None for a hub id; a path that names no
+    directory is an error here, on the driver, before any worker tries to load it."""
     local = Path(source).expanduser()
     if local.is_dir():
-        return local, _local_fingerprint(local)
+        return local
     if local.exists():
         raise ModelLoadError(f"model source {source!r} is a file; point it at the model directory")
-    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model directory {source!r} does not exist")
-    return _fetch_hub(source, spec.revision, spec.allow_pickle)
+    if not HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        hint = " (build the demo models with `pipeline models demo`)" if "demo" in local.parts else ""
+        raise ModelLoadError(f"model directory {source!r} does not exist{hint}")
+    return None
 
 
 def _wanted(name: str, allow_pickle: bool) -> bool:
@@ -116,8 +124,8 @@ def source_revision(spec: ModelSpec, s3: S3Options) -> str:
     """The revision string of a source without downloading it (for lineage on the driver)."""
     if is_s3(spec.source):
         return f"s3-etag:{_s3_listing(spec.source, s3, spec.allow_pickle)[3]}"
-    local = Path(spec.source).expanduser()
-    if local.is_dir():
+    local = local_dir(spec.source)
+    if local is not None:
         return _local_fingerprint(local)
     return f"hub:{spec.revision or 'main'}"
 

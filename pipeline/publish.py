@@ -118,10 +118,20 @@ class Publisher:
         return self._parquet(self.data) + self._parquet(self.root)
 
     def publish(self, report: dict[str, Any]) -> list[str]:
-        """Move staged files into place, then write the report, then _SUCCESS last."""
+        """Move staged files into place, write the report, then _SUCCESS, then drop the staging.
+
+        Cut short anywhere, a rerun finishes it: before _SUCCESS the staging (and its run.json)
+        is still there, so the rerun resumes and publishes what is left; after it, the night
+        is complete and the rerun only removes the leftover staging.
+        """
         for path in self._parquet(self.data):
             self.fs.move(path, join(self.root, path.rsplit("/", 1)[-1]))
         self._write(join(self.root, REPORT), json.dumps(report, indent=2))
-        self.fs.delete_dir(self.staging)
         self._write(join(self.root, SUCCESS), json.dumps(report))
+        self.tidy()
         return self._parquet(self.root)
+
+    def tidy(self) -> None:
+        """Remove the staging of a published night (left behind when a publish was cut short)."""
+        if self._exists(self.staging):
+            self.fs.delete_dir(self.staging)

@@ -113,6 +113,17 @@ def strip_scheme(path: str) -> str:
     return path.split("://", 1)[1] if "://" in path else path
 
 
+def endpoint_url(options: S3Options) -> str | None:
+    """`s3.endpoint_url`, else the standard AWS variables `AWS_ENDPOINT_URL_S3` and
+    `AWS_ENDPOINT_URL`, which boto3, s3fs and the AWS CLI honour but pyarrow does not."""
+    return (
+        options.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
+
+
 def s3_filesystem(options: S3Options) -> s3fs.S3FileSystem:
     """An s3fs filesystem (used for model downloads: its listings carry ETags)."""
     import s3fs
@@ -122,7 +133,7 @@ def s3_filesystem(options: S3Options) -> s3fs.S3FileSystem:
         client_kwargs["region_name"] = options.region
     return s3fs.S3FileSystem(
         anon=options.anonymous,
-        endpoint_url=options.endpoint_url,
+        endpoint_url=endpoint_url(options),
         client_kwargs=client_kwargs,
         # botocore's own retries; s3fs adds its own few on top for the errors it knows.
         config_kwargs=_botocore_config(options),
@@ -144,7 +155,10 @@ def arrow_filesystem(path: str, options: S3Options) -> tuple[pafs.FileSystem, st
     """(pyarrow filesystem, path within it) for a local path or an s3:// URI."""
     if not is_s3(path):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    return pafs.PyFileSystem(S3Handler(options.model_dump())), strip_scheme(path).rstrip("/")
+    # Resolved here, in the driver, and carried to every worker with the handler: a worker
+    # node's environment may not hold the variable.
+    resolved = {**options.model_dump(), "endpoint_url": endpoint_url(options)}
+    return pafs.PyFileSystem(S3Handler(resolved)), strip_scheme(path).rstrip("/")
 
 
 def _s3(options: dict) -> pafs.S3FileSystem:

@@ -25,6 +25,16 @@ from pipeline.random_models import build_random_pair  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The slow tier: anything that starts Ray (a cluster, a Serve app, a `pipeline run` child),
+# trains the demo models or kills processes. `-m "not slow"` is the fast tier (~2 min here).
+SLOW_FIXTURES = {"ray_cluster", "serve_base", "demo_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def varied_corpus() -> list[str]:
     """Texts that hit the known traps: length, unicode normalisation, control chars, odd whitespace."""

@@ -193,3 +193,23 @@ def test_repeated_or_null_ids_stop_before_any_work(ray_cluster, tiny_models, tmp
     with pytest.raises(InputError, match=message):
         _run(cfg)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "name, body, kind",
+    [
+        ("docs.csv", "id,text\n1,hello\n", "a CSV file"),
+        ("docs.jsonl", '{"id": 1, "text": "hello"}\n', "a JSON Lines file"),
+        ("docs.dat", '{"id": 1, "text": "hello"}', "a JSON file"),
+    ],
+)
+def test_csv_or_json_input_is_refused_as_not_parquet(tiny_models, tmp_path, name, body, kind):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_text(body)
+    cfg = batch_config(*tiny_models, str(tmp_path / "in" / name), str(tmp_path / "out"), tmp_path / "cache")
+    with pytest.raises(InputError, match=f"{name}: {kind}: only Parquet input is supported"):
+        _run(cfg)
+    cfg["input"]["path"] = str(tmp_path / "in")  # a folder of them: no Parquet found, and why
+    with pytest.raises(InputError, match="only Parquet input is supported"):
+        _run(cfg)
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,7 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
     assert "| model | contender |" in done.stdout
 
 
+@pytest.mark.slow
 def test_scale_bench_smoke(tmp_path):
     """`pipeline bench scale` end to end on a tiny corpus: its own multi-node cluster, the sampler."""
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "scale", "--sizes", "2000", "--no-kill"]

@@ -62,7 +62,7 @@ HAND_WRITTEN_TOPICS = [
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "models"
-    metrics = build(out, ner_steps=60, cls_steps=30, progress=False, echo=print)  # reduced build for CI time
+    metrics = build(out, ner_steps=80, cls_steps=20, progress=False, echo=print)  # reduced build for CI time
     print("reduced demo build:", json.dumps(metrics))
     return out
 
@@ -88,7 +88,7 @@ def test_build_is_cached_and_reports_held_out_scores(demo_dir):
     assert (demo_dir / "ner" / "model.safetensors").exists() and (
         demo_dir / "classifier" / "config.json"
     ).exists()
-    again = build(demo_dir, ner_steps=60, cls_steps=30, progress=False, echo=lambda s: None)
+    again = build(demo_dir, ner_steps=80, cls_steps=20, progress=False, echo=lambda s: None)
     assert again == stamp["metrics"], "the second call reuses the build"
 
 

