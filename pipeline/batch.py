@@ -188,7 +188,7 @@ def build_dataset(
 
     assert cfg.input is not None
     r = cfg.ray
-    conf = cfg.model_dump(mode="json")
+    conf = cfg.for_workers()
     text = cfg.input.text_column
     units = plan_units(inputs)
     source = ParquetDocs(

@@ -44,6 +44,14 @@ class S3Options(_Strict):
     connect_timeout_s: float | None = Field(None, gt=0, description="default: the library's")
     request_timeout_s: float | None = Field(None, gt=0, description="default: the library's")
 
+    def resolved(self) -> S3Options:
+        """With no endpoint_url, the standard AWS variables `AWS_ENDPOINT_URL_S3`, then
+        `AWS_ENDPOINT_URL` (boto3, s3fs and the AWS CLI honour them; pyarrow does not)."""
+        if self.endpoint_url:
+            return self
+        env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return self.model_copy(update={"endpoint_url": env}) if env else self
+
 
 class ModelSpec(_Strict):
     source: str = Field(min_length=1, description="local dir, s3://bucket/prefix/ or a hub id")
@@ -273,6 +281,13 @@ class PipelineConfig(_Strict):
             return cls.from_dict(data, overrides)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+    def for_workers(self) -> dict[str, Any]:
+        """This config as plain data for other processes and nodes, with what this process's
+        environment decides resolved here (a worker node's environment may lack the variable)."""
+        data = self.model_dump(mode="json")
+        data["s3"] = self.s3.resolved().model_dump(mode="json")
+        return data
 
     def config_hash(self) -> str:
         """Stable short hash of the effective config, recorded in outputs for lineage."""

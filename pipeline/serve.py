@@ -381,7 +381,7 @@ def deployment_options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str
 
 def build_app(cfg: PipelineConfig):
     """The Serve application for a config: Ingress bound to a Model deployment."""
-    conf = cfg.model_dump(mode="json")
+    conf = cfg.for_workers()
     model = serve.deployment(Model, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg)).bind(
         conf
     )

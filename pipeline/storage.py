@@ -114,14 +114,8 @@ def strip_scheme(path: str) -> str:
 
 
 def endpoint_url(options: S3Options) -> str | None:
-    """`s3.endpoint_url`, else the standard AWS variables `AWS_ENDPOINT_URL_S3` and
-    `AWS_ENDPOINT_URL`, which boto3, s3fs and the AWS CLI honour but pyarrow does not."""
-    return (
-        options.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or None
-    )
+    """The endpoint to use: `s3.endpoint_url`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`."""
+    return options.resolved().endpoint_url
 
 
 def s3_filesystem(options: S3Options) -> s3fs.S3FileSystem:
