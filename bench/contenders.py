@@ -167,14 +167,24 @@ def _our_rows(ids, rows) -> list[dict[str, Any]]:
 
 
 def ours_annotator(
-    corpus, cls_dir, ner_dir, max_length, stride, threads, dtype="auto", device="cpu", batch_size=32
+    corpus,
+    cls_dir,
+    ner_dir,
+    max_length,
+    stride,
+    threads,
+    dtype="auto",
+    device="cpu",
+    batch_size=32,
+    max_batch_tokens=None,
 ) -> dict:
     from pipeline import Annotator, PipelineConfig
 
     table = pq.read_table(str(corpus))
-    ann = Annotator(
-        PipelineConfig.from_dict(_config(cls_dir, ner_dir, max_length, stride, dtype, threads, device))
-    )
+    cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, device, batch_size)
+    if max_batch_tokens:
+        cfg["runtime"]["max_batch_tokens"] = max_batch_tokens
+    ann = Annotator(PipelineConfig.from_dict(cfg))
     texts = table.column("text").to_pylist()
     ann.annotate(texts[:8])  # warm-up, not counted
     before = ann.stats().as_dict()

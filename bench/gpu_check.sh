@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: the throughput bench on CUDA with fp16; tokens/s and model FLOP utilization
-# against this GPU's measured fp16 matmul peak. Finishes in under 5 minutes on one GPU.
+# against this GPU's measured fp16 matmul peak, at several token budgets (max_batch_tokens). Finishes in under 5 minutes on one GPU.
 #   bash bench/gpu_check.sh [DOCS]        (run from the repository root, package installed)
 set -euo pipefail
 DOCS="${1:-4000}"
@@ -25,12 +25,17 @@ for size in ("minilm", "base"):
     corpus = write_parquet(out / f"corpus-{size}", docs, seed=0)
     cls_dir, ner_dir = build_random_pair(out / "models" / size, **SIZES[size])
     work = workload(corpus, cls_dir, ner_dir, 512, 128)
-    for batch in (64, 256):
-        r = ours_annotator(corpus, cls_dir, ner_dir, 512, 128, 8, dtype="auto", device="cuda", batch_size=batch)
+    # batch_size 64 at the default budget, then batch_size 512 under a range of token budgets:
+    # which max_batch_tokens saturates this GPU (pick runtime.max_batch_tokens from these rows).
+    for batch, budget in ((64, 65536), (512, 8192), (512, 16384), (512, 32768), (512, 65536), (512, 131072)):
+        r = ours_annotator(corpus, cls_dir, ner_dir, 512, 128, 8, dtype="auto", device="cuda",
+                           batch_size=batch, max_batch_tokens=budget)
         tflops = work["flops"] / r["wall_s"] / 1e12
-        row = {"model": size, "batch_size": batch, "docs": work["docs"], "docs_per_s": round(work["docs"] / r["wall_s"], 1),
+        row = {"model": size, "batch_size": batch, "max_batch_tokens": budget,
+               "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "docs": work["docs"], "docs_per_s": round(work["docs"] / r["wall_s"], 1),
                "tokens_per_s": round(work["tokens"] / r["wall_s"]), "padding_efficiency": round(r["real_tokens"] / r["padded_tokens"], 4),
                "model_tflops": round(tflops, 1), "mfu": round(tflops * 1000 / peak, 4), "dtype": r["dtype"]}
+        torch.cuda.reset_peak_memory_stats()
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
 out.mkdir(parents=True, exist_ok=True)

@@ -367,6 +367,7 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "startup_s": round(counts["startup_s"], 2) if "startup_s" in counts else None,
         "id_check_s": round(counts["id_check_s"], 2) if "id_check_s" in counts else None,
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
+        "oom_splits": int(counts.get("oom_splits", 0)),
         "wall_s": round(wall, 2),
         "docs_per_s": round(docs / wall, 2) if wall > 0 else None,
         "models": meta["models"],
@@ -393,6 +394,11 @@ def summary(report: dict[str, Any]) -> str:
     if report.get("already_written"):
         lines.append(
             f"  resumed: {report['already_written']} documents were already written by the earlier run"
+        )
+    if report.get("oom_splits"):
+        lines.append(
+            f"  {report['oom_splits']} micro-batch(es) ran out of memory and were split (no row lost): "
+            "lower runtime.max_batch_tokens to avoid the retries"
         )
     if report["skipped_files"]:
         lines.append(

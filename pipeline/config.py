@@ -97,6 +97,14 @@ class ModelsConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     batch_size: int = Field(64, ge=1, le=4096, description="sequences per forward pass")
+    max_batch_tokens: int = Field(
+        65_536,
+        ge=64,
+        description="padded tokens per forward pass: a batch closes before it would pass this, "
+        "whatever batch_size says. 65,536 = 128 windows of 512 tokens, about 2-4 GB of fp16 "
+        "activations for BERT-base: fits a 24 GB GPU with room to spare. Lower it for BERT-large "
+        "or small GPUs; a batch that still runs out of memory is split in half and retried",
+    )
     dtype: DType = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")

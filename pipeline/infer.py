@@ -11,6 +11,7 @@ row an error instead of failing its neighbours.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,18 @@ if TYPE_CHECKING:
     from pipeline.config import RuntimeConfig
     from pipeline.models import LoadedModel, Task
 
+log = logging.getLogger(__name__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's out-of-memory error (or a CPU allocation failure): the batch was too big, not bad."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
 
 @dataclass
 class RunStats:
@@ -34,14 +47,15 @@ class RunStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     forward_s: float = 0.0
+    oom_splits: int = 0
 
     def add(self, other: RunStats) -> None:
-        for name in ("sequences", "batches", "real_tokens", "padded_tokens", "forward_s"):
+        for name in ("sequences", "batches", "real_tokens", "padded_tokens", "forward_s", "oom_splits"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def since(self, before: RunStats) -> dict[str, float]:
         """What was counted after `before` was taken: one batch's share, for the run report."""
-        names = ("sequences", "real_tokens", "padded_tokens", "forward_s")
+        names = ("sequences", "real_tokens", "padded_tokens", "forward_s", "oom_splits")
         return {n: getattr(self, n) - getattr(before, n) for n in names}
 
     def as_dict(self) -> dict[str, float]:
@@ -53,6 +67,7 @@ class RunStats:
             "padded_tokens": self.padded_tokens,
             "padding_efficiency": round(eff, 4),
             "forward_s": round(self.forward_s, 3),
+            "oom_splits": self.oom_splits,
         }
 
 
@@ -101,12 +116,21 @@ class ModelRunner:
     """Runs one model over many token sequences: length-sorted, fixed-size, lightly padded batches."""
 
     def __init__(
-        self, model: Any, *, batch_size: int, pad_id: int, pad_multiple: int | None, max_length: int
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        pad_id: int,
+        pad_multiple: int | None,
+        max_length: int,
+        max_batch_tokens: int = 65_536,
     ) -> None:
         import torch
 
         self.model = model
         self.batch_size = batch_size
+        # Lowered below a batch that ran out of memory, so the next ones do not repeat it.
+        self.max_batch_tokens = max_batch_tokens
         self.pad_id = pad_id
         self.max_length = max_length
         self.device = next(model.parameters()).device
@@ -126,6 +150,11 @@ class ModelRunner:
             return self._plan_gpu(sorted_lengths, order)
         return self._plan_cpu(sorted_lengths, order)
 
+    def _cap(self, width: int) -> int:
+        """Most sequences of this padded width in one batch: batch_size, and the token budget
+        (a sequence longer than the budget still runs, alone)."""
+        return max(1, min(self.batch_size, self.max_batch_tokens // width))
+
     def _plan_gpu(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
         """Close a batch when the next (shorter) sequence would push its padding efficiency
         under MIN_EFFICIENCY, once it already holds MIN_TOKENS of work: at a jump from
@@ -135,8 +164,9 @@ class ModelRunner:
         n, i = len(order), 0
         while i < n:
             width = self.padded_length(int(sorted_lengths[i]))
+            cap = self._cap(width)
             total, j = int(sorted_lengths[i]), i + 1
-            while j < n and j - i < self.batch_size:
+            while j < n and j - i < cap:
                 grown = total + int(sorted_lengths[j])
                 if grown < min_efficiency * (j - i + 1) * width and (j - i) * width >= min_tokens:
                     break
@@ -158,8 +188,9 @@ class ModelRunner:
         n, i = len(order), 0
         while i < n:
             width = self.padded_length(lengths[i])
+            cap = self._cap(width)
             real, j = lengths[i], i + 1
-            while j < n and j - i < self.batch_size and lengths[j] * (c + (j - i) * width) > real * width:
+            while j < n and j - i < cap and lengths[j] * (c + (j - i) * width) > real * width:
                 real += lengths[j]
                 j += 1
             batches.append(order[i:j])
@@ -175,20 +206,67 @@ class ModelRunner:
             return results, errors
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")  # longest first: memory trouble shows up at once
-        for idx in self.plan(lengths[order], order):
-            try:
-                outs = self._forward([seqs[i] for i in idx])
-            except Exception:  # noqa: BLE001 - isolate the culprit below
-                outs = []
-                for i in idx:
-                    try:
-                        outs.extend(self._forward([seqs[i]]))
-                    except Exception as exc:  # noqa: BLE001
-                        outs.append(None)
-                        errors[i] = f"inference failed: {type(exc).__name__}: {exc}"
-            for i, out in zip(idx, outs, strict=True):
-                results[i] = out
+        pending = order
+        while len(pending):
+            cap = self.max_batch_tokens
+            batches = self.plan(lengths[pending], pending)
+            pending = pending[:0]
+            for k, idx in enumerate(batches):
+                self._run_batch(idx, seqs, results, errors)
+                if self.max_batch_tokens < cap and k + 1 < len(batches):  # out of memory: re-plan the rest
+                    pending = np.concatenate(batches[k + 1 :])
+                    break
         return results, errors
+
+    def _run_batch(
+        self, idx: np.ndarray, seqs: list[np.ndarray], results: list, errors: list[str | None]
+    ) -> None:
+        """One micro-batch. Out of memory: split in half and retry (down to one sequence), so
+        no row gets an error for the batch's size. Any other failure: one sequence at a time,
+        so one poisoned input costs one row an error."""
+        try:
+            outs: list = self._forward([seqs[i] for i in idx])
+        except Exception as exc:  # noqa: BLE001 - isolate the culprit below
+            if is_out_of_memory(exc) and len(idx) > 1:
+                width = self.padded_length(max(len(seqs[i]) for i in idx))
+                self._out_of_memory(exc, len(idx), width)  # the budget is now at most half this batch
+                pos = 0
+                while pos < len(idx):  # the rest is cut to the budget as it stands (it may drop again)
+                    step = max(1, self.max_batch_tokens // width)
+                    self._run_batch(idx[pos : pos + step], seqs, results, errors)
+                    pos += step
+                return
+            outs = []
+            for i in idx:
+                try:
+                    outs.extend(self._forward([seqs[i]]))
+                except Exception as exc1:  # noqa: BLE001
+                    if is_out_of_memory(exc1):
+                        self._free_memory()
+                    outs.append(None)
+                    errors[i] = f"inference failed: {type(exc1).__name__}: {exc1}"
+        for i, out in zip(idx, outs, strict=True):
+            results[i] = out
+
+    def _out_of_memory(self, exc: BaseException, n: int, width: int) -> None:
+        """Free the cache, count the split, and cap batches at half the one that failed."""
+        self._free_memory()
+        self.stats.oom_splits += 1
+        self.max_batch_tokens = min(self.max_batch_tokens, max(width, n * width // 2))
+        if self.stats.oom_splits == 1:  # once per runner: the run report counts the rest
+            log.warning(
+                "out of memory on a batch of %d sequences x %d tokens (%s): splitting it, and capping "
+                "batches at %d padded tokens from now on (set runtime.max_batch_tokens lower to "
+                "avoid the retries)",
+                n,
+                width,
+                str(exc).strip().split("\n", 1)[0][:120],
+                self.max_batch_tokens,
+            )
+
+    def _free_memory(self) -> None:
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
 
     def _forward(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
@@ -243,6 +321,7 @@ class InferenceEngine:
                 pad_id=framing.pad_id,
                 pad_multiple=runtime.pad_multiple,
                 max_length=lm.spec.max_length,
+                max_batch_tokens=runtime.max_batch_tokens,
             )
 
     def stats(self) -> RunStats:

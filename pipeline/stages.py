@@ -107,6 +107,7 @@ def report_infer(tally: str | None, delta: dict[str, float]) -> None:
             "tokens": delta["real_tokens"],
             "padded_tokens": delta["padded_tokens"],
             "forward_s": delta["forward_s"],
+            "oom_splits": delta["oom_splits"],
         },
     )
 
