@@ -104,7 +104,7 @@ def baseline_raydata(
 
     import ray
 
-    from pipeline.batch import ensure_ray
+    from pipeline.cluster import ensure_ray
 
     start = time.perf_counter()
     ensure_ray(None)  # RAY_ADDRESS if set, else a local instance: the same rule as ours-run

@@ -13,7 +13,7 @@ from bench.corpus import write_parquet
 from bench.measure import matmul_peak
 from bench.contenders import ours_annotator
 from bench.throughput import workload
-from pipeline.random_models import SIZES, build_random_pair
+from pipeline.demo.random_models import SIZES, build_random_pair
 
 docs = int(sys.argv[1])
 print(torch.cuda.get_device_name(0), flush=True)

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.out).resolve() / "scale"
     root.mkdir(parents=True, exist_ok=True)
 
-    from pipeline.random_models import SIZES, build_random_pair
+    from pipeline.demo.random_models import SIZES, build_random_pair
 
     models = build_random_pair(root / "models" / "tiny", **SIZES["tiny"])
     results: dict = {"sizes": args.sizes, "layout": args.layout, "runs": [], "resume": []}

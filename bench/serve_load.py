@@ -117,7 +117,7 @@ def run(config: str, seconds: float, levels: list[int], overrides: list[str]) ->
     from ray import serve
 
     from pipeline import PipelineConfig
-    from pipeline.batch import ensure_ray
+    from pipeline.cluster import ensure_ray
     from pipeline.serve import build_app
 
     base_cfg = PipelineConfig.from_yaml(config, overrides)

@@ -38,7 +38,7 @@ def model_pair(size: str, root: Path) -> tuple[Path, Path]:
     demo = Path("models/demo")
     if size == "minilm" and (demo / "build.json").exists():
         return demo / "classifier", demo / "ner"
-    from pipeline.random_models import SIZES, build_random_pair
+    from pipeline.demo.random_models import SIZES, build_random_pair
 
     return build_random_pair(root / size, **SIZES[size])
 

@@ -96,7 +96,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline.batch import ensure_ray
+    from pipeline.cluster import ensure_ray
     from pipeline.models import source_revision
     from pipeline.serve import start
 
@@ -110,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_random(args: argparse.Namespace) -> int:
-    from pipeline.random_models import SIZES, build_random_pair
+    from pipeline.demo.random_models import SIZES, build_random_pair
 
     cls, ner = build_random_pair(Path(args.out), **SIZES[args.size])
     print(json.dumps({"classifier": str(cls), "ner": str(ner)}))

@@ -88,6 +88,7 @@ class ServeInfer:
 
 
 def _is_backpressure(exc: BaseException) -> bool:
+    """The Model deployment's queue is full (max_queued_requests): wait and send again."""
     from ray.serve.exceptions import BackPressureError
 
-    return isinstance(exc, BackPressureError) or "BackPressureError" in type(exc).__name__
+    return isinstance(exc, BackPressureError)

@@ -21,7 +21,7 @@ os.environ["TEST_SERVE_API_KEYS"] = "env-key-2, env-key-3"
 # Job entrypoints say `python`: make that this interpreter, as an activated venv would.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
-from pipeline.random_models import build_random_pair  # noqa: E402
+from pipeline.demo.random_models import build_random_pair  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

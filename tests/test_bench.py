@@ -20,7 +20,7 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
         sys.executable,
         "-m",
         "pipeline.cli",
-        "bench",  # `pipeline bench throughput` runs bench/throughput.py from the checkout
+        "bench",  # `pipeline bench throughput`: the bench package installed beside pipeline
         "throughput",
         "--quick",
         "--docs",

@@ -240,6 +240,29 @@ def test_overload_gets_503_with_retry_after_quickly_then_recovers(guarded):
     assert post(guarded, "/v1/annotate", {"texts": ["calm again"]}, headers=headers).status_code == 200
 
 
+def test_batch_job_waits_out_a_full_model_deployment_and_loses_nothing(guarded, tiny_models, caplog):
+    """runtime.backend: serve against a Model deployment with a queue of 2: the job's chunks get
+    Serve's BackPressureError, wait retry_after_s and are sent again; every row comes back."""
+    import pyarrow as pa
+
+    from pipeline.serve_backend import ServeInfer
+    from pipeline.stages import decode_batch, encode_batch
+
+    cfg = tiny_config(*tiny_models)
+    cfg["serve"] = {"app_name": "guarded", "max_batch_size": 2, "retry_after_s": 1}
+    conf = PipelineConfig.from_dict(cfg).for_workers()
+    texts = [f"Angela Merkel met Tim Cook in Berlin on day {i}." for i in range(40)]
+    table = encode_batch(pa.table({"id": list(range(40)), "text": texts}), config=conf, text_column="text")
+    with caplog.at_level("INFO", logger="pipeline.serve_backend"):
+        inferred = ServeInfer(conf)(table)  # 20 chunks at once against 2 running + 2 queued
+    retries = [r for r in caplog.records if "deployment is full" in r.getMessage()]
+    assert retries, "the deployment never pushed back: the test did not test backpressure"
+    rows = decode_batch(inferred, config=conf, text_column="text").to_pylist()
+    want = Annotator(PipelineConfig.from_dict(cfg)).annotate(texts)
+    assert [r["id"] for r in rows] == list(range(40))
+    assert_rows_close(rows, want)
+
+
 def test_killed_model_replica_is_replaced(app):
     from ray.util.state import list_actors
 

@@ -154,7 +154,7 @@ def build(
     )
     from transformers.utils import logging as hf_logging
 
-    from pipeline.random_models import minilm_dir
+    from pipeline.demo.random_models import minilm_dir
 
     recipe = {
         "version": RECIPE_VERSION,
