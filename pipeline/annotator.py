@@ -10,10 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.config import PipelineConfig
-from pipeline.decode import Decoder
-from pipeline.encode import Encoder
+from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, RunStats
-from pipeline.models import LoadedModel, Task, load_models
+from pipeline.models import LoadedModel, Task
 
 DOCS_PER_CHUNK = 1024  # enough windows per chunk for length sorting to pack batches tightly
 
@@ -27,10 +26,9 @@ class Annotator:
 
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg
-        self.models = models if models is not None else load_models(cfg)
-        self.encoder = Encoder.for_models(self.models, cfg.runtime.max_chars)
-        self.engine = InferenceEngine(self.models, cfg.runtime)
-        self.decoder = Decoder(self.models)
+        built = Engine.build(cfg, models=models)
+        self.models, self.encoder, self.decoder = built.models, built.encoder, built.decoder
+        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
 
     def annotate(self, texts: Iterable[object] | str) -> list[dict[str, Any]]:
         """Never raises for a bad row: null, non-string or oversized texts come back with `error` set."""

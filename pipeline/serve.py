@@ -27,10 +27,9 @@ from ray.serve.handle import DeploymentHandle
 
 from pipeline import __version__
 from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
-from pipeline.decode import Decoder
-from pipeline.encode import Encoded, Encoder
+from pipeline.encode import Encoded
+from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
-from pipeline.models import load_models
 
 log = logging.getLogger(__name__)
 TASKS = {"annotate": ("classifier", "ner"), "classify": ("classifier",), "ner": ("ner",)}
@@ -116,8 +115,9 @@ class Model:
         threads = cfg.serve.num_threads or cfg.runtime.num_threads
         if threads:
             torch.set_num_threads(threads)
-        self.models = load_models(cfg)
-        self.engine = InferenceEngine(self.models, cfg.runtime)
+        built = Engine.build(cfg)
+        self.models = built.models
+        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
         self.max_batch = cfg.serve.max_batch_size or cfg.runtime.batch_size
         self.infer.set_max_batch_size(self.max_batch)
         self._lock = asyncio.Lock()  # one forward pass at a time on this replica
@@ -130,7 +130,7 @@ class Model:
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
         )
         self._batches = MetricCounter("bert_pipeline_batches_total", description="dynamic batches run")
-        self._probe = Encoder.for_models(self.models, 1000).encode(["health check"])
+        self._probe = built.encoder.encode(["health check"])
         device = next(iter(self.engine.runners.values())).device
         dtype = next(iter(self.models.values())).model.dtype
         self.device = f"{device} {str(dtype).replace('torch.', '')}"
@@ -213,10 +213,9 @@ class Ingress:
 
         self.cfg = PipelineConfig.model_validate(config)
         self.model = model
-        light = load_models(self.cfg, weights=False)
-        self.encoder = Encoder.for_models(light, self.cfg.runtime.max_chars)
-        self.decoder = Decoder(light)
-        self.describe = {task: lm.describe() for task, lm in light.items()}
+        light = Engine.build(self.cfg, weights=False)
+        self.encoder, self.decoder = light.encoder, light.decoder
+        self.describe = light.describe()
         self.keys = [k.encode() for k in api_keys(self.cfg)]
         self._requests = MetricCounter(
             "bert_pipeline_requests_total",

@@ -26,10 +26,8 @@ from pipeline.columns import (
     replace_columns,
 )
 from pipeline.config import PipelineConfig
-from pipeline.decode import Decoder
-from pipeline.encode import Encoder
+from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
-from pipeline.models import LoadedModel, Task, load_models
 from pipeline.tally import report
 
 log = logging.getLogger(__name__)
@@ -45,15 +43,14 @@ def _cached(kind: str, config: dict[str, Any], build):
     return _cache[key]
 
 
-def _light_models(cfg: PipelineConfig) -> dict[Task, LoadedModel]:
-    return load_models(cfg, weights=False)
+def _light(config: dict[str, Any]) -> Engine:
+    """Tokenizers and label maps only, built once per worker process and config."""
+    return _cached("light", config, lambda cfg: Engine.build(cfg, weights=False))
 
 
 def encode_batch(table: pa.Table, *, config: dict[str, Any], text_column: str) -> pa.Table:
     """CPU task: tokenize the text column once per distinct tokenizer."""
-    encoder: Encoder = _cached(
-        "encoder", config, lambda cfg: Encoder.for_models(_light_models(cfg), cfg.runtime.max_chars)
-    )
+    encoder = _light(config).encoder
     docs = encoder.encode(table.column(text_column).to_pylist())
     out = replace_columns(table, encoded_to_columns(docs, encoder.shared))
     heap.trim()
@@ -75,8 +72,9 @@ class InferActor:
         if ray.get_gpu_ids() and not torch.cuda.is_available():
             log.warning("this actor was given a GPU but CUDA is not available here; running on CPU")
             report(tally, {"cpu_fallback_actors": 1})
-        self.models = load_models(cfg)
-        self.engine = InferenceEngine(self.models, cfg.runtime)
+        built = Engine.build(cfg)
+        self.models = built.models
+        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
         log.info(
             "inference actor ready on %s (pid %d)",
             next(iter(self.engine.runners.values())).device,
@@ -128,8 +126,8 @@ def decode_batch(
     tally: str | None = None,
 ) -> pa.Table:
     """CPU task: logits -> label, label_score, entities, error; internal columns dropped."""
-    models: dict[Task, LoadedModel] = _cached("models", config, _light_models)
-    decoder: Decoder = _cached("decoder", config, lambda cfg: Decoder(models))
+    light = _light(config)
+    models, decoder = light.models, light.decoder
     n_ner = len(models["ner"].id2label) if "ner" in models else None
     texts = table.column(text_column).to_pylist()
     decoded = decoder.decode_outputs(texts, columns_to_outputs(table, n_ner))
