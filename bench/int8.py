@@ -1,0 +1,167 @@
+"""int8 candidates against fp32 on the demo models, side by side in one run: speed and agreement.
+
+    python -m bench.int8 [torch_dynamic ort ort_fp32 torchao bf16]   (needs models/demo)
+
+Each candidate replaces the models inside an `Annotator` (the product's own encode and
+decode around it) and is timed on the same real sentences as fp32 (best of two passes).
+Agreement is against fp32: the share of equal labels and exact-span entity F1. The issue's
+gate for `runtime.dtype: int8` is >= 99% labels and F1 >= 0.98. `onnxruntime`, `onnx` and
+`torchao` are not project dependencies: install them to measure those candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def sentences() -> list[str]:
+    import pyarrow.parquet as pq
+
+    from pipeline.demo.corpus import NER_TEMPLATES, TOPIC_TEMPLATES, Fillers, ner_examples, topic_examples
+
+    texts = [t for t in pq.read_table("examples/sample.parquet").column("text").to_pylist() if t]
+    fillers = Fillers(7)
+    texts += [e.text for e in ner_examples(NER_TEMPLATES, 300, fillers)]
+    return texts + [d.text for d, _ in topic_examples(TOPIC_TEMPLATES, 300, fillers)]
+
+
+def timed(ann, texts: list[str], reps: int = 2) -> tuple[list[dict], float]:
+    ann.annotate(texts[:16])  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        rows = ann.annotate(texts)
+        best = min(best, time.perf_counter() - start)
+    return rows, best
+
+
+def agreement(rows: list[dict], ref: list[dict]) -> tuple[float, float]:
+    from pipeline.demo.train import entity_f1
+
+    labels = float(np.mean([a["label"] == b["label"] for a, b in zip(rows, ref, strict=True)]))
+    gold = [{(e["start"], e["end"], e["label"]) for e in r["entities"]} for r in ref]
+    pred = [{(e["start"], e["end"], e["label"]) for e in r["entities"]} for r in rows]
+    return round(labels, 4), entity_f1(gold, pred)["f1"]
+
+
+class OrtModel:
+    """An ONNX Runtime session behind the `model(input_ids=, attention_mask=).logits` call ModelRunner makes."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        import onnxruntime as ort
+        import torch
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self._torch = torch
+
+    def __call__(self, input_ids, attention_mask):
+        feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+        logits = self.session.run(["logits"], feed)[0]
+        return type("Output", (), {"logits": self._torch.from_numpy(logits)})()
+
+
+def onnx_export(model, path: Path, quantize: bool, keep_fp32: tuple[str, ...] = ()) -> str:
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ids = torch.ones(2, 16, dtype=torch.long)
+    axes = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+        dynamo=False,
+        opset_version=17,
+    )
+    if not quantize:
+        return str(path)
+    graph = onnx.load(str(path)).graph
+    skip = [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and any(p in n.name for p in keep_fp32)
+        and "attention/output" not in n.name
+    ]
+    out = path.with_name(path.stem + "-int8.onnx")
+    quantize_dynamic(
+        str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=skip
+    )
+    return str(out)
+
+
+def swap(ann, name: str, threads: int, work: Path) -> None:
+    import torch
+
+    for task, runner in ann.engine.runners.items():
+        model = runner.model
+        if name == "bf16":
+            runner.model = model.to(torch.bfloat16)
+        elif name == "torch_dynamic":
+            runner.model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif name == "torchao":
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        elif name in ("ort", "ort_fp32", "ort_keep_ffn_out"):
+            keep = ("/output/dense", "classifier") if name == "ort_keep_ffn_out" else ()
+            path = onnx_export(model, work / f"{task}.onnx", name != "ort_fp32", keep)
+            runner.model = OrtModel(path, threads)
+        else:
+            raise SystemExit(f"unknown candidate {name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    from pipeline import Annotator, PipelineConfig
+
+    names = (argv if argv is not None else sys.argv[1:]) or ["torch_dynamic", "ort", "ort_keep_ffn_out"]
+    threads = 2
+    torch.set_num_threads(threads)
+    cfg = PipelineConfig.from_dict(
+        {
+            "models": {
+                "classifier": {"source": "models/demo/classifier"},
+                "ner": {"source": "models/demo/ner", "aggregation": "first"},
+            },
+            "runtime": {"dtype": "fp32", "num_threads": threads, "batch_size": 32},
+        }
+    )
+    work = Path("out/bench/int8")
+    work.mkdir(parents=True, exist_ok=True)
+    texts = sentences()
+    ref, fp32_s = timed(Annotator(cfg), texts)
+    results = {"texts": len(texts), "fp32_s": round(fp32_s, 2), "candidates": {}}
+    for name in names:
+        ann = Annotator(cfg)
+        start = time.perf_counter()
+        swap(ann, name, threads, work)
+        prepare_s = time.perf_counter() - start
+        rows, seconds = timed(ann, texts)
+        labels, f1 = agreement(rows, ref)
+        results["candidates"][name] = {
+            "s": round(seconds, 2),
+            "speed_vs_fp32": round(fp32_s / seconds, 2),
+            "label_agreement": labels,
+            "entity_f1": f1,
+            "prepare_s": round(prepare_s, 1),
+        }
+        print(name, results["candidates"][name], flush=True)
+    (work / "int8.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
