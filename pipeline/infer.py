@@ -1,12 +1,13 @@
 """The model runner shared by the Ray Data inference actor and the Serve model replica.
 
 Windows from many documents are pooled, sorted by length, run in micro-batches of at most
-`batch_size` padded only up to a multiple of `pad_multiple` (8 on CUDA, none on CPU), and
-scattered back in input order. Batches are cut where the lengths jump: on a CPU where the
-next sequence would lower the batch's tokens per second (padding against the measured cost
-of one more call), on a GPU where padding would pass 10%. A
-micro-batch that fails is retried one sequence at a time, so one poisoned input costs one
-row an error instead of failing its neighbours.
+`batch_size` sequences and `max_batch_tokens` padded tokens, padded only up to a multiple of
+`pad_multiple` (8 on CUDA, none on CPU), and scattered back in input order. Batches are cut
+where the lengths jump: on a CPU where the next sequence would lower the batch's tokens per
+second (padding against the measured cost of one more call), on a GPU where padding would
+pass 10%. A micro-batch that runs out of memory is split and the rest re-planned under a
+lower budget; one that fails otherwise is retried one sequence at a time, so one poisoned
+input costs one row an error instead of failing its neighbours.
 """
 
 from __future__ import annotations
