@@ -21,7 +21,7 @@ from pipeline.cluster import cpu_tasks, ensure_ray
 from pipeline.columns import output_fields
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.inputs import InputError, InputFiles, discover, inspect
-from pipeline.models import source_revision
+from pipeline.models import model_revisions
 from pipeline.placement import PlacementWatch, StopRun, actor_needs
 from pipeline.progress import ProgressLine, quiet_ray_data_console
 from pipeline.progress import interval_s as progress_interval_s
@@ -42,12 +42,12 @@ def fill_date(path: str, date: str) -> str:
 
 def lineage(cfg: PipelineConfig, date: str) -> dict[str, Any]:
     """What produced this output: recorded in every file's metadata and in the report."""
-    models = {}
-    for task in ("classifier", "ner"):
-        spec = getattr(cfg.models, task)
-        if spec is not None:
-            models[task] = {"source": spec.source, "revision": source_revision(spec, cfg.s3)}
-    return {"models": models, "config_hash": cfg.config_hash(), "version": __version__, "date": date}
+    return {
+        "models": model_revisions(cfg),
+        "config_hash": cfg.config_hash(),
+        "version": __version__,
+        "date": date,
+    }
 
 
 def run(

@@ -97,13 +97,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.cluster import ensure_ray
-    from pipeline.models import source_revision
+    from pipeline.models import model_revisions
     from pipeline.serve import start
 
     cfg = _load_config(args)
-    for spec in (cfg.models.classifier, cfg.models.ner):
-        if spec is not None:
-            source_revision(spec, cfg.s3)  # a missing model fails here, in one line, before Ray starts
+    model_revisions(cfg)  # a missing model fails here, in one line, before Ray starts
     ensure_ray(args.address or cfg.ray.address)
     start(cfg, blocking=True)
     return 0

@@ -318,12 +318,7 @@ def relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
     data = json.loads(json.dumps(data))  # deep copy, plain types only
 
     def local(value: Any) -> bool:
-        return (
-            isinstance(value, str)
-            and bool(value)
-            and not _SCHEME.match(value)
-            and not (value.startswith(("/", "~")))
-        )
+        return isinstance(value, str) and bool(value) and not _SCHEME.match(value) and value[0] not in "/~"
 
     def resolved(value: str) -> str:
         return os.path.normpath(base / value) + ("/" if value.endswith("/") else "")

@@ -130,6 +130,17 @@ def source_revision(spec: ModelSpec, s3: S3Options) -> str:
     return f"hub:{spec.revision or 'main'}"
 
 
+def model_revisions(cfg: PipelineConfig) -> dict[str, dict[str, str]]:
+    """{task: {source, revision}} of every configured model, without loading any; a missing
+    source fails here, on the driver, in one line (lineage, and the check before Ray starts)."""
+    out = {}
+    for task in ("classifier", "ner"):
+        spec = getattr(cfg.models, task)
+        if spec is not None:
+            out[task] = {"source": spec.source, "revision": source_revision(spec, cfg.s3)}
+    return out
+
+
 def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -> tuple[Path, str]:
     fs, prefix, objects, digest = _s3_listing(source, s3, allow_pickle)
     target = cache_dir / "s3" / digest

@@ -151,8 +151,7 @@ def arrow_filesystem(path: str, options: S3Options) -> tuple[pafs.FileSystem, st
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
     # Resolved here, in the driver, and carried to every worker with the handler: a worker
     # node's environment may not hold the variable.
-    resolved = {**options.model_dump(), "endpoint_url": endpoint_url(options)}
-    return pafs.PyFileSystem(S3Handler(resolved)), strip_scheme(path).rstrip("/")
+    return pafs.PyFileSystem(S3Handler(options.resolved().model_dump())), strip_scheme(path).rstrip("/")
 
 
 def _s3(options: dict) -> pafs.S3FileSystem:
