@@ -134,7 +134,7 @@ class ModelRunner:
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = pad_id
         self.max_length = max_length
-        self.device = next(model.parameters()).device
+        self.device = model.device  # a transformers model, or pipeline.quantize.OrtModel
         # Tensor cores want multiples of 8; a CPU gains nothing from padding at all.
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
         self.cost = ForwardCost()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Task = Literal["classifier", "ner"]
+Int8Mode = Literal["off", "on", "verified"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_FETCH = (".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
 
@@ -50,6 +51,7 @@ class LoadedModel:
     model: Any  # None when loaded without weights (encode/decode workers)
     id2label: dict[int, str]
     config: Any = field(repr=False, default=None)
+    dtype: str | None = None  # what the weights run in: fp32, bf16, fp16, int8; None without weights
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -58,7 +60,7 @@ class LoadedModel:
             "revision": self.revision,
             "labels": [self.id2label[i] for i in sorted(self.id2label)],
             "max_length": self.spec.max_length,
-        }
+        } | ({"dtype": self.dtype} if self.dtype else {})
 
 
 def default_cache_dir(cfg: PipelineConfig | None = None) -> Path:
@@ -224,6 +226,20 @@ def load_tokenizer(path: Path, source: str) -> Any:
 
 
 @cache
+def cpu_name() -> str:
+    """This machine's CPU model: an int8 verdict measured on one CPU says nothing about another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+@cache
 def cpu_has_fast_bf16() -> bool:
     """bf16 pays off on CPUs with AMX or AVX512-BF16; elsewhere it is emulated and slow."""
     try:
@@ -246,9 +262,10 @@ def choose_device(runtime: RuntimeConfig) -> torch.device:
 
 
 def choose_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype:
+    """The dtype weights load in; int8 loads fp32 weights and quantizes them (pipeline.quantize)."""
     import torch
 
-    named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
     if runtime.dtype != "auto":
         return named[runtime.dtype]
     if device.type == "cuda":
@@ -265,11 +282,14 @@ def load_model(
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     weights: bool = True,
+    int8: Int8Mode = "off",
 ) -> LoadedModel:
     """Resolve, check and load one model's tokenizer and config, and its weights when asked.
 
     Encode and decode steps need only the tokenizer and labels (`weights=False`): CPU
-    workers never spend memory or time on weights they do not run.
+    workers never spend memory or time on weights they do not run. `int8`: "on" quantizes
+    (CPU only), "verified" quantizes only where `pipeline models quantize` measured that
+    int8 meets the quality gate and is faster on this machine (what `dtype: auto` asks).
     """
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
@@ -291,7 +311,31 @@ def load_model(
         )
     id2label = {int(k): str(v) for k, v in config.id2label.items()}
     model = _load_weights(task, spec, path, device, dtype) if weights else None
-    return LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=config)
+    loaded = LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=config)
+    if model is not None:
+        loaded.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(model.dtype)[6:]]
+        if _use_int8(int8, loaded, model.device, cache_dir):
+            from pipeline.quantize import int8_model
+
+            loaded.model, loaded.dtype = int8_model(model, task, revision, cache_dir, None), "int8"
+    return loaded
+
+
+def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_dir: Path) -> bool:
+    from pipeline import quantize
+
+    if mode == "off":
+        return False
+    if device.type != "cpu":
+        if mode == "on":
+            raise ModelLoadError("runtime.dtype int8 runs on CPU only; use fp16 (or auto) on a GPU")
+        return False
+    if mode == "on":
+        if not quantize.available():
+            raise ModelLoadError(quantize.INSTALL_HINT)
+        return True
+    verdict = quantize.read_verdict(loaded.task, loaded.revision, cache_dir)
+    return bool(verdict and verdict.get("use_int8") and verdict.get("cpu") == cpu_name())
 
 
 def _load_weights(
@@ -320,12 +364,20 @@ def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[Task, Load
     """Load every configured model on the device and dtype the runtime section asks for."""
     device = choose_device(cfg.runtime) if weights else None
     dtype = choose_dtype(cfg.runtime, device) if device is not None else None
+    int8: Int8Mode = {"int8": "on", "auto": "verified"}.get(cfg.runtime.dtype, "off")  # type: ignore[assignment]
     cache_dir = default_cache_dir(cfg)
     out: dict[Task, LoadedModel] = {}
     for task in ("classifier", "ner"):
         spec = getattr(cfg.models, task)
         if spec is not None:
             out[task] = load_model(
-                task, spec, s3=cfg.s3, cache_dir=cache_dir, device=device, dtype=dtype, weights=weights
+                task,
+                spec,
+                s3=cfg.s3,
+                cache_dir=cache_dir,
+                device=device,
+                dtype=dtype,
+                weights=weights,
+                int8=int8,
             )
     return out

@@ -132,8 +132,8 @@ class Model:
         self._batches = MetricCounter("bert_pipeline_batches_total", description="dynamic batches run")
         self._probe = built.encoder.encode(["health check"])
         device = next(iter(self.engine.runners.values())).device
-        dtype = next(iter(self.models.values())).model.dtype
-        self.device = f"{device} {str(dtype).replace('torch.', '')}"
+        dtypes = sorted({lm.dtype for lm in self.models.values() if lm.dtype})
+        self.device = f"{device} {'/'.join(dtypes)}"
 
     @serve.batch(
         max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(len(i) for i in items)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pipeline import Annotator, PipelineConfig
+from pipeline.agreement import entity_f1
 from pipeline.demo import build
-from pipeline.demo.train import entity_f1
 
 HAND_WRITTEN_NER = [
     (

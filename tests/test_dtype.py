@@ -8,6 +8,7 @@ import pytest
 from conftest import tiny_config
 
 from pipeline import Annotator, PipelineConfig
+from pipeline.agreement import agreement
 
 
 def generated_texts(n: int, seed: int = 1) -> list[str]:
@@ -19,23 +20,13 @@ def generated_texts(n: int, seed: int = 1) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 60))) for _ in range(n)]
 
 
-def agreement(ref: list[dict], other: list[dict]) -> tuple[float, float]:
-    """(classification label agreement, entity F1 of `other` against `ref` on exact label+span)."""
-    labels = sum(a["label"] == b["label"] for a, b in zip(ref, other, strict=True)) / len(ref)
-    hit = n_ref = n_other = 0
-    for a, b in zip(ref, other, strict=True):
-        sa = {(e["label"], e["start"], e["end"]) for e in a["entities"]}
-        sb = {(e["label"], e["start"], e["end"]) for e in b["entities"]}
-        hit, n_ref, n_other = hit + len(sa & sb), n_ref + len(sa), n_other + len(sb)
-    return labels, 2 * hit / (n_ref + n_other)
-
-
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_reduced_precision_agrees_with_fp32(tiny_models, dtype):
     texts = generated_texts(200)
     ref = Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models))).annotate(texts)
     low = Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models, runtime__dtype=dtype))).annotate(texts)
-    label_rate, entity_rate = agreement(ref, low)
+    scores = agreement(low, ref)
+    label_rate, entity_rate = scores["label_agreement"], scores["entity_f1"]
     print(
         f"\n{dtype} vs fp32 on {len(texts)} rows: classification labels {label_rate:.1%}, "
         f"entity F1 {entity_rate:.1%}"

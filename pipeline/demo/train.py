@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.agreement import entity_f1, spans
 from pipeline.demo.corpus import (
     NER_LABELS,
     NER_TEMPLATES,
@@ -120,16 +121,6 @@ def _train(model, batches, steps: int, lr: float, desc: str, progress: bool, fro
         bar.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
     return loss_value
-
-
-def entity_f1(gold: list[set], pred: list[set]) -> dict[str, float]:
-    """seqeval-style exact-span F1: an entity counts only if type, start and end all match."""
-    hit = sum(len(g & p) for g, p in zip(gold, pred, strict=True))
-    n_gold, n_pred = sum(len(g) for g in gold), sum(len(p) for p in pred)
-    precision = hit / n_pred if n_pred else 0.0
-    recall = hit / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
 
 
 def build(
@@ -265,9 +256,8 @@ def evaluate(out: Path, ner_test: list[NerExample], cls_test: list[tuple[NerExam
     accuracy = sum(r["label"] == TOPICS[y] for r, (_, y) in zip(rows, cls_test, strict=True)) / len(cls_test)
     rows = ann.annotate([e.text for e in ner_test])
     gold = [{(s, e, k) for s, e, k in ex.spans} for ex in ner_test]
-    pred = [{(x["start"], x["end"], x["label"]) for x in r["entities"]} for r in rows]
     return {
         "topic_accuracy": round(accuracy, 4),
-        "entity": entity_f1(gold, pred),
+        "entity": entity_f1(gold, spans(rows)),
         "held_out": {"topic_docs": len(cls_test), "ner_sentences": len(ner_test)},
     }

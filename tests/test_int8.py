@@ -1,0 +1,142 @@
+"""`runtime.dtype: int8`: ONNX Runtime int8 models built once per revision, agreeing with fp32,
+and `dtype: auto` choosing int8 only where a measured verdict says so.
+
+The tiny random models have near-flat classifier outputs (top-label margins of about 0.001),
+so their labels flip under any quantization; on them the gate is looser than the product's
+(entity F1 >= 0.95, classifier top score within 0.03 of fp32). The product's gate (labels
+>= 99%, F1 >= 0.98) is measured on real models by `pipeline models quantize`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import assert_rows_close, batch_config, read_output, tiny_config, write_corpus
+from test_dtype import generated_texts
+
+from pipeline import Annotator, PipelineConfig, batch, cli, quantize
+from pipeline.agreement import agreement
+from pipeline.models import ModelLoadError, cpu_name, load_models
+
+
+def _cfg(tiny_models, cache, dtype="int8", **kw) -> PipelineConfig:
+    cfg = tiny_config(*tiny_models, runtime__dtype=dtype, **kw)
+    cfg["cache_dir"] = str(cache)
+    return PipelineConfig.from_dict(cfg)
+
+
+def _entries(cache) -> list[str]:
+    return sorted(p.name for p in (cache / "int8").iterdir() if p.is_dir())
+
+
+def test_int8_agrees_with_fp32_and_keeps_row_errors(tiny_models, corpus, tmp_path):
+    texts = generated_texts(200) + corpus + [None]
+    ref = Annotator(_cfg(tiny_models, tmp_path, "fp32")).annotate(texts)
+    ann = Annotator(_cfg(tiny_models, tmp_path, "int8"))
+    assert {lm.dtype for lm in ann.models.values()} == {"int8"}
+    rows = ann.annotate(texts)
+
+    scores = agreement(rows, ref)
+    deltas = [
+        abs(a["label_score"] - b["label_score"])
+        for a, b in zip(rows[:-1], ref[:-1], strict=True)
+        if b["label"]
+    ]
+    print(f"\nint8 vs fp32 on {len(texts)} tiny-model rows: {scores}, top-score delta {max(deltas):.4f}")
+    assert scores["entity_f1"] >= 0.95
+    assert max(deltas) <= 0.03
+    for a, b in zip(rows, texts, strict=True):  # offsets still index the text
+        for e in a["entities"] or []:
+            assert b[e["start"] : e["end"]] == e["text"]
+    assert [r["error"] for r in rows] == [r["error"] for r in ref], "the same row errors in every dtype"
+    assert rows[-1]["error"] is not None and rows[-1]["label"] is None
+
+
+def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp_path):
+    Annotator(_cfg(tiny_models, tmp_path))
+    first = _entries(tmp_path)
+    assert [e.split("-")[0] for e in first] == ["classifier", "ner"]
+    built = {e: (tmp_path / "int8" / e / "model.onnx").stat().st_mtime_ns for e in first}
+    Annotator(_cfg(tiny_models, tmp_path))
+    assert {e: (tmp_path / "int8" / e / "model.onnx").stat().st_mtime_ns for e in first} == built
+
+    # new weights under the same directory are a new revision: a new build, the old one untouched
+    changed = tmp_path / "models"
+    shutil.copytree(tiny_models[0].parent, changed)
+    from safetensors.torch import load_file, save_file
+
+    weights = changed / "ner" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["classifier.bias"] = tensors["classifier.bias"] + 1.0
+    save_file(tensors, weights, metadata={"format": "pt"})
+    Annotator(_cfg((changed / "classifier", changed / "ner"), tmp_path))
+    after = _entries(tmp_path)
+    assert len(after) == 3 and set(first) < set(after)
+    meta = json.loads((tmp_path / "int8" / (set(after) - set(first)).pop() / "build.json").read_text())
+    assert meta["task"] == "ner" and meta["built"].startswith(quantize.RECIPE)
+
+
+def test_auto_runs_int8_only_where_a_verdict_for_this_cpu_says_so(tiny_models, tmp_path):
+    def auto_dtypes() -> dict:
+        return {t: lm.dtype for t, lm in load_models(_cfg(tiny_models, tmp_path, "auto")).items()}
+
+    floats = auto_dtypes()
+    assert "int8" not in floats.values(), "no verdict: auto never guesses int8"
+    revisions = {
+        t: lm.revision for t, lm in load_models(_cfg(tiny_models, tmp_path, "fp32"), weights=False).items()
+    }
+    (tmp_path / "int8" / "x").mkdir(parents=True)
+    for verdict, expected in (
+        ({"use_int8": True, "cpu": cpu_name()}, "int8"),
+        ({"use_int8": True, "cpu": "another CPU"}, floats["ner"]),
+        ({"use_int8": False, "cpu": cpu_name()}, floats["ner"]),
+    ):
+        quantize.cache_entry("ner", revisions["ner"], tmp_path).mkdir(parents=True, exist_ok=True)
+        quantize.write_verdict("ner", revisions["ner"], tmp_path, verdict)
+        assert auto_dtypes() == {"classifier": floats["classifier"], "ner": expected}, verdict
+
+
+def test_int8_without_onnxruntime_is_one_clear_error(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize, "available", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"pip install 'bert-pipeline\[int8\]'"):
+        load_models(_cfg(tiny_models, tmp_path))
+    assert "int8" not in {lm.dtype for lm in load_models(_cfg(tiny_models, tmp_path, "auto")).values()}
+
+
+def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": range(60), "text": generated_texts(60)}), tmp_path / "in.parquet")
+    cfg = tiny_config(*tiny_models)
+    cfg |= {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "cache_dir": "cache"}
+    (tmp_path / "night.yaml").write_text(json.dumps(cfg))
+    assert (
+        cli.main(["models", "quantize", str(tmp_path / "night.yaml"), "--texts", "40", "--repeats", "1"]) == 0
+    )
+    out = capsys.readouterr()
+    verdicts = json.loads(out.out)
+    assert set(verdicts) == {"classifier", "ner"}
+    for task, v in verdicts.items():
+        assert v["texts"] == 40 and set(v["dtypes"]) == {"fp32", "bf16", "int8"}
+        assert v["use_int8"] == (v["meets_gate"] and v["faster"])
+        written = Path(v["path"])
+        assert (tmp_path / "cache" / "int8") in written.parents, "relative cache_dir: beside the config"
+        assert json.loads(written.read_text()) == {k: x for k, x in v.items() if k != "path"}
+        assert f"{task} (" in out.err and "dtype auto runs" in out.err
+    assert verdicts["ner"]["dtypes"]["fp32"]["entity_f1"] == 1.0
+
+
+def test_int8_batch_job_equals_in_process_int8(ray_cluster, tiny_models, tmp_path):
+    write_corpus(tmp_path / "in", n_files=2, rows_per_file=100)
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
+    cfg["runtime"]["dtype"] = "int8"
+    report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
+    assert report["status"] == "complete" and report["output_rows"] == 200
+    rows = read_output(tmp_path / "out")
+    assert len(_entries(tmp_path / "cache")) == 2, "one build per model, shared by the node's actors"
+    ann = Annotator(PipelineConfig.from_dict(cfg))
+    assert_rows_close(rows, ann.annotate([r["text"] for r in rows]))
