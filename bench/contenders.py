@@ -197,7 +197,7 @@ def ours_annotator(
         "rows": _our_rows(table.column("id").to_pylist(), rows),
         "real_tokens": after["real_tokens"] - before["real_tokens"],
         "padded_tokens": after["padded_tokens"] - before["padded_tokens"],
-        "dtype": str(next(iter(ann.models.values())).model.dtype).replace("torch.", ""),
+        "dtype": next(iter(ann.models.values())).dtype,
     }
 
 
@@ -205,7 +205,7 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
     import torch
 
     from pipeline import PipelineConfig, batch
-    from pipeline.models import choose_dtype
+    from pipeline.models import choose_dtype, dtype_name
 
     cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, "cpu")
     cfg["ray"] = {"infer_actors": 1, "cpus_per_actor": 1, "cpus_per_task": 0.5, "docs_per_batch": 256}
@@ -226,5 +226,7 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
         "real_tokens": report["tokens"],
         "padded_tokens": report["padded_tokens"],
         "startup_s": report["startup_s"],  # Ray start, workers, model load: fixed, not per document
-        "dtype": str(choose_dtype(cfg_obj.runtime, torch.device("cpu"))).replace("torch.", ""),
+        "dtype": "int8"
+        if dtype == "int8"
+        else dtype_name(choose_dtype(cfg_obj.runtime, torch.device("cpu"))),
     }

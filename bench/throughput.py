@@ -28,6 +28,7 @@ from bench.measure import (
     padded_in_order,
     sequence_flops,
 )
+from pipeline.quantize import available
 
 DEFAULT_DOCS = {"tiny": 24, "minilm": 256, "base": 64}  # the full run stays under 10 minutes here
 ALL = ["baseline-hf", "baseline-raydata", "ours-run", "ours-annotator"]
@@ -122,6 +123,9 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     peaks = Peaks(args.quick, args.threads)
     results = []
+    int8 = ["int8"] if available() else []  # the int8 extra (ONNX Runtime) installed
+    if not int8:
+        print("int8 rows skipped: install the int8 extra (pip install 'bert-pipeline[int8]')")
     for size in args.models:
         corpus = write_parquet(
             out / f"corpus-{size}", args.docs or DEFAULT_DOCS[size], seed=args.seed, mix=args.mix
@@ -140,24 +144,23 @@ def run(args: argparse.Namespace) -> dict:
             elif name == "baseline-raydata":
                 plan.append((name, "fp32", C.baseline_raydata, {}))
             elif name == "ours-annotator":
-                plan += [(name, dt, C.ours_annotator, {"dtype": dt}) for dt in ("fp32", "auto")]
+                plan += [(name, dt, C.ours_annotator, {"dtype": dt}) for dt in ("fp32", "bf16", *int8)]
             elif name == "ours-run":
                 plan += [
                     (name, dt, C.ours_run, {"dtype": dt, "out": out / f"run-{size}-{dt}"})
-                    for dt in ("fp32", "auto")
+                    for dt in ("auto", *([] if args.quick else int8))
                 ]
         ref = None
         for name, dtype, runner, extra in plan:
             peaks.sample(*((size, ner_dir) if name == "ours-annotator" else ()))
             with PeakMemory() as mem:
                 r = runner(*common, **extra)
-            bf16 = "bf" in r.get("dtype", "")
             padded = r.get("padded_tokens") or work["hf_padded"]
             real = r.get("real_tokens") or work["tokens"]
             row = {
                 "model": size,
                 "contender": name,
-                "dtype": "bf16" if bf16 else "fp32",
+                "dtype": r.get("dtype", dtype),
                 "docs": work["docs"],
                 "wall_s": round(r["wall_s"], 2),
                 "docs_per_s": round(work["docs"] / r["wall_s"], 2),
@@ -187,7 +190,8 @@ def run(args: argparse.Namespace) -> dict:
     best = peaks.rounded()
     for row in results:
         row.pop("_rows", None)
-        row["mfu"] = round(row["model_gflops"] / best[row["dtype"]], 4)
+        peak = best.get(row["dtype"])  # int8 has no float matmul peak to divide by
+        row["mfu"] = round(row["model_gflops"] / peak, 4) if peak else None
     report = {
         "peaks_gflops": best,
         "forward_ceiling": peaks.ceilings(),
@@ -202,18 +206,31 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def ratios(results: list[dict]) -> dict[str, dict[str, float]]:
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def ratios(results: list[dict]) -> dict[str, dict[str, float | None]]:
     out = {}
     for size in dict.fromkeys(r["model"] for r in results):
         get = {(r["contender"], r["dtype"]): r["docs_per_s"] for r in results if r["model"] == size}
         hf, rd = get.get(("baseline-hf", "fp32")), get.get(("baseline-raydata", "fp32"))
         best = max([v for (c, _), v in get.items() if c == "ours-annotator"], default=None)
         fp32 = get.get(("ours-annotator", "fp32"))
+        bf16, int8 = get.get(("ours-annotator", "bf16")), get.get(("ours-annotator", "int8"))
         runs = [v for (c, _), v in get.items() if c == "ours-run"]
+        run_int8 = get.get(("ours-run", "int8"))
+        run_float = max([v for (c, d), v in get.items() if c == "ours-run" and d != "int8"], default=None)
+
         out[size] = {
-            "ours_auto_over_hf": round(best / hf, 2) if best and hf else None,
-            "ours_fp32_over_hf": round(fp32 / hf, 2) if fp32 and hf else None,
-            "ours_run_over_raydata": round(max(runs) / rd, 2) if runs and rd else None,
+            "ours_best_over_hf": ratio(best, hf),
+            "ours_fp32_over_hf": ratio(fp32, hf),
+            "ours_bf16_over_fp32": ratio(bf16, fp32),
+            "ours_int8_over_fp32": ratio(int8, fp32),
+            "ours_int8_over_bf16": ratio(int8, bf16),
+            "ours_int8_over_hf": ratio(int8, hf),
+            "ours_run_over_raydata": ratio(max(runs, default=None), rd),
+            "ours_run_int8_over_float": ratio(run_int8, run_float),
         }
     return out
 

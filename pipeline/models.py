@@ -273,6 +273,11 @@ def choose_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The config's name for a torch dtype (fp32, fp16, bf16)."""
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(dtype).removeprefix("torch.")]
+
+
 def load_model(
     task: Task,
     spec: ModelSpec,
@@ -313,7 +318,7 @@ def load_model(
     model = _load_weights(task, spec, path, device, dtype) if weights else None
     loaded = LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=config)
     if model is not None:
-        loaded.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(model.dtype)[6:]]
+        loaded.dtype = dtype_name(model.dtype)
         if _use_int8(int8, loaded, model.device, cache_dir):
             from pipeline.quantize import int8_model
 

@@ -35,6 +35,8 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
     report = json.loads((tmp_path / "bench" / "throughput.json").read_text())
     rows = {(r["contender"], r["dtype"]) for r in report["results"]}
     assert {("baseline-hf", "fp32"), ("baseline-raydata", "fp32"), ("ours-annotator", "fp32")} <= rows
+    assert {("ours-annotator", "bf16"), ("ours-annotator", "int8")} <= rows
+    assert report["ratios"]["tiny"]["ours_int8_over_fp32"] > 0
     assert any(c == "ours-run" for c, _ in rows)
     for r in report["results"]:
         assert r["docs_per_s"] > 0 and 0 < r["padding_efficiency"] <= 1

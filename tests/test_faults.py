@@ -110,12 +110,14 @@ def test_input_file_vanishing_is_skipped_and_counted_under_skip(ray_cluster, tin
 
 
 # -- nodes lost -----------------------------------------------------------------------------
-def _night_config(tmp_path: Path, tiny_models, n_files: int, **ray_opts) -> tuple[Path, Path, list[int]]:
-    ids = write_corpus(tmp_path / "in", n_files=n_files, rows_per_file=1000, seed=3)
+def _night_config(
+    tmp_path: Path, tiny_models, n_files: int, rows_per_file: int = 1000, **ray_opts
+) -> tuple[Path, Path, list[int]]:
+    ids = write_corpus(tmp_path / "in", n_files=n_files, rows_per_file=rows_per_file, seed=3)
     out = tmp_path / "out"
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
     cfg["ray"].update({"docs_per_batch": 250, "cpus_per_actor": 1, "cpus_per_task": 0.5, **ray_opts})
-    cfg["output"].update(min_rows_per_file=1000, max_rows_per_file=2000)
+    cfg["output"].update(min_rows_per_file=rows_per_file, max_rows_per_file=2 * rows_per_file)
     path = tmp_path / "night.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, out, ids
@@ -160,7 +162,7 @@ def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(ti
     it: the run fails in one line with nothing published; a node comes back and the rerun
     labels exactly what was not yet written. (Two scenarios in one cluster: CI time.)"""
     path, out, ids = _night_config(
-        tmp_path, tiny_models, n_files=8, infer_resources={"infer": 1}, actor_node_timeout_s=8
+        tmp_path, tiny_models, 8, 600, infer_resources={"infer": 1}, actor_node_timeout_s=8
     )
     nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=1, resources={"infer": 1}), Node(cpus=1)]
     with LocalCluster(nodes, system_config={"health_check_period_ms": 1000}) as cluster:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import assert_rows_close, batch_config, read_output, tiny_config, write_corpus
+from conftest import batch_config, read_output, tiny_config, write_corpus
 from test_dtype import generated_texts
 
 from pipeline import Annotator, PipelineConfig, batch, cli, quantize
@@ -130,7 +130,7 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
     assert verdicts["ner"]["dtypes"]["fp32"]["entity_f1"] == 1.0
 
 
-def test_int8_batch_job_equals_in_process_int8(ray_cluster, tiny_models, tmp_path):
+def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(ray_cluster, tiny_models, tmp_path):
     write_corpus(tmp_path / "in", n_files=2, rows_per_file=100)
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
     cfg["runtime"]["dtype"] = "int8"
@@ -138,5 +138,9 @@ def test_int8_batch_job_equals_in_process_int8(ray_cluster, tiny_models, tmp_pat
     assert report["status"] == "complete" and report["output_rows"] == 200
     rows = read_output(tmp_path / "out")
     assert len(_entries(tmp_path / "cache")) == 2, "one build per model, shared by the node's actors"
-    ann = Annotator(PipelineConfig.from_dict(cfg))
-    assert_rows_close(rows, ann.annotate([r["text"] for r in rows]))
+    in_process = Annotator(PipelineConfig.from_dict(cfg)).annotate([r["text"] for r in rows])
+    # Dynamic quantization scales activations per batch, so a row's batch mates move its scores
+    # (and, on these near-tied tiny models, a few token labels): close, not bit-equal.
+    scores = agreement(rows, in_process)
+    assert scores["label_agreement"] >= 0.95 and scores["entity_f1"] >= 0.95, scores
+    assert [r["error"] for r in rows] == [r["error"] for r in in_process]
