@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def sentences() -> list[str]:
     import pyarrow.parquet as pq
@@ -40,65 +38,15 @@ def timed(ann, texts: list[str], reps: int = 2) -> tuple[list[dict], float]:
     return rows, best
 
 
-def agreement(rows: list[dict], ref: list[dict]) -> tuple[float, float]:
-    from pipeline.demo.train import entity_f1
+def onnx_model(model, path: Path, threads: int, quantize: bool, keep_fp32: tuple[str, ...]):
+    from pipeline.quantize import OrtModel, export_fp32, quantize_int8
 
-    labels = float(np.mean([a["label"] == b["label"] for a, b in zip(rows, ref, strict=True)]))
-    gold = [{(e["start"], e["end"], e["label"]) for e in r["entities"]} for r in ref]
-    pred = [{(e["start"], e["end"], e["label"]) for e in r["entities"]} for r in rows]
-    return round(labels, 4), entity_f1(gold, pred)["f1"]
-
-
-class OrtModel:
-    """An ONNX Runtime session behind the `model(input_ids=, attention_mask=).logits` call ModelRunner makes."""
-
-    def __init__(self, path: str, threads: int) -> None:
-        import onnxruntime as ort
-        import torch
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        self._torch = torch
-
-    def __call__(self, input_ids, attention_mask):
-        feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-        logits = self.session.run(["logits"], feed)[0]
-        return type("Output", (), {"logits": self._torch.from_numpy(logits)})()
-
-
-def onnx_export(model, path: Path, quantize: bool, keep_fp32: tuple[str, ...] = ()) -> str:
-    import onnx
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    ids = torch.ones(2, 16, dtype=torch.long)
-    axes = {0: "batch", 1: "tokens"}
-    torch.onnx.export(
-        model,
-        (ids, torch.ones_like(ids)),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
-        dynamo=False,
-        opset_version=17,
-    )
-    if not quantize:
-        return str(path)
-    graph = onnx.load(str(path)).graph
-    skip = [
-        n.name
-        for n in graph.node
-        if n.op_type in ("MatMul", "Gemm")
-        and any(p in n.name for p in keep_fp32)
-        and "attention/output" not in n.name
-    ]
-    out = path.with_name(path.stem + "-int8.onnx")
-    quantize_dynamic(
-        str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=skip
-    )
-    return str(out)
+    export_fp32(model, path)
+    if quantize:
+        out = path.with_name(path.stem + "-int8.onnx")
+        quantize_int8(path, out, keep_fp32)
+        path = out
+    return OrtModel(path, threads)
 
 
 def swap(ann, name: str, threads: int, work: Path) -> None:
@@ -116,8 +64,7 @@ def swap(ann, name: str, threads: int, work: Path) -> None:
             quantize_(model, Int8DynamicActivationInt8WeightConfig())
         elif name in ("ort", "ort_fp32", "ort_keep_ffn_out"):
             keep = ("/output/dense", "classifier") if name == "ort_keep_ffn_out" else ()
-            path = onnx_export(model, work / f"{task}.onnx", name != "ort_fp32", keep)
-            runner.model = OrtModel(path, threads)
+            runner.model = onnx_model(model, work / f"{task}.onnx", threads, name != "ort_fp32", keep)
         else:
             raise SystemExit(f"unknown candidate {name}")
 
@@ -126,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pipeline import Annotator, PipelineConfig
+    from pipeline.agreement import agreement
 
     names = (argv if argv is not None else sys.argv[1:]) or ["torch_dynamic", "ort", "ort_keep_ffn_out"]
     threads = 2
@@ -150,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
         swap(ann, name, threads, work)
         prepare_s = time.perf_counter() - start
         rows, seconds = timed(ann, texts)
-        labels, f1 = agreement(rows, ref)
+        scores = agreement(rows, ref)
         results["candidates"][name] = {
             "s": round(seconds, 2),
             "speed_vs_fp32": round(fp32_s / seconds, 2),
-            "label_agreement": labels,
-            "entity_f1": f1,
+            "label_agreement": scores["label_agreement"],
+            "entity_f1": scores["entity_f1"],
             "prepare_s": round(prepare_s, 1),
         }
         print(name, results["candidates"][name], flush=True)

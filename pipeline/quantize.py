@@ -74,8 +74,8 @@ def int8_path(model: Any, task: str, revision: str, cache_dir: Path) -> Path:
         tmp = entry.parent / f"{entry.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _export(model, tmp / "fp32.onnx")
-        _quantize(tmp / "fp32.onnx", tmp / "model.onnx")
+        export_fp32(model, tmp / "fp32.onnx")
+        quantize_int8(tmp / "fp32.onnx", tmp / "model.onnx")
         (tmp / "fp32.onnx").unlink()
         (tmp / "build.json").write_text(
             json.dumps({"task": task, "revision": revision, "built": _versions()})
@@ -92,7 +92,7 @@ def int8_path(model: Any, task: str, revision: str, cache_dir: Path) -> Path:
     return target
 
 
-def _export(model: Any, path: Path) -> None:
+def export_fp32(model: Any, path: Path) -> None:
     import warnings
 
     import torch
@@ -114,15 +114,17 @@ def _export(model: Any, path: Path) -> None:
         )
 
 
-def _quantize(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path, keep_fp32: tuple[str, ...] = ("/output/dense", "classifier")) -> None:
+    """Dynamic int8 (per-channel weights) for every MatMul except those named by `keep_fp32`
+    (by default the feed-forward output projections and the head; attention outputs stay int8)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep_fp32 = [
+    keep = [
         n.name
         for n in onnx.load(str(src)).graph.node
         if n.op_type in ("MatMul", "Gemm")
-        and ("/output/dense" in n.name or "classifier" in n.name)
+        and any(k in n.name for k in keep_fp32)
         and "attention/output" not in n.name
     ]
     root = logging.getLogger()
@@ -130,7 +132,7 @@ def _quantize(src: Path, dst: Path) -> None:
     root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" hint, on the root logger, every build
     try:
         quantize_dynamic(
-            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_fp32
+            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep
         )
     finally:
         root.setLevel(level)

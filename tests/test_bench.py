@@ -49,14 +49,14 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
 @pytest.mark.slow
 def test_scale_bench_smoke(tmp_path):
     """`pipeline bench scale` end to end on a tiny corpus: its own multi-node cluster, the sampler."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "bench", "scale", "--sizes", "2000", "--no-kill"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "bench", "scale", "--sizes", "1000", "--no-kill"]
     cmd += ["--out", str(tmp_path / "bench")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "bench" / "scale" / "scale.json").read_text())
     (run,) = report["runs"]
-    assert run["report"]["documents"] == 2000 and run["running_docs_per_s"] > 0
+    assert run["report"]["documents"] == 1000 and run["running_docs_per_s"] > 0
     assert run["max_processes"]["raylets"] == 3 and run["max_processes"]["infer_actors"] == 1
-    assert run["peak_mib"]["driver"] > 0 and run["series"][-1]["written"] == 2000
+    assert run["peak_mib"]["driver"] > 0 and run["series"][-1]["written"] == 1000
     assert (tmp_path / "bench" / "scale" / "scale.png").stat().st_size > 1000
     assert "| documents | layout |" in done.stdout

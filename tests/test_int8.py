@@ -130,7 +130,9 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
     assert verdicts["ner"]["dtypes"]["fp32"]["entity_f1"] == 1.0
 
 
-def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(ray_cluster, tiny_models, tmp_path):
+def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(
+    ray_cluster, tiny_models, tmp_path
+):
     write_corpus(tmp_path / "in", n_files=2, rows_per_file=100)
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
     cfg["runtime"]["dtype"] = "int8"
