@@ -315,15 +315,28 @@ def load_model(
             f"models.{task}.max_length is {spec.max_length} but {spec.source} has only {max_pos} positions"
         )
     id2label = {int(k): str(v) for k, v in config.id2label.items()}
-    model = _load_weights(task, spec, path, device, dtype) if weights else None
-    loaded = LoadedModel(task, spec, path, revision, tokenizer, model, id2label, config=config)
-    if model is not None:
-        loaded.dtype = dtype_name(model.dtype)
-        if _use_int8(int8, loaded, model.device, cache_dir):
-            from pipeline.quantize import int8_model
+    loaded = LoadedModel(task, spec, path, revision, tokenizer, None, id2label, config=config)
+    if not weights:
+        return loaded
+    device = device or _cpu()
+    if _use_int8(int8, loaded, device, cache_dir):
+        from pipeline.quantize import int8_model
 
-            loaded.model, loaded.dtype = int8_model(model, task, revision, cache_dir, None), "int8"
+        # fp32 weights are read only when this revision has no cached int8 build yet
+        loaded.model = int8_model(
+            lambda: _load_weights(task, spec, path, device, None), task, revision, cache_dir
+        )
+        loaded.dtype = "int8"
+    else:
+        loaded.model = _load_weights(task, spec, path, device, dtype)
+        loaded.dtype = dtype_name(loaded.model.dtype)
     return loaded
+
+
+def _cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
 
 
 def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_dir: Path) -> bool:
@@ -343,9 +356,7 @@ def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_d
     return bool(verdict and verdict.get("use_int8") and verdict.get("cpu") == cpu_name())
 
 
-def _load_weights(
-    task: Task, spec: ModelSpec, path: Path, device: torch.device | None, dtype: torch.dtype | None
-):
+def _load_weights(task: Task, spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -362,7 +373,7 @@ def _load_weights(
         raise ModelLoadError(
             f"cannot load {task} model from {spec.source}: {type(exc).__name__}: {exc}"
         ) from None
-    return model.to(device or torch.device("cpu")).eval()
+    return model.to(device).eval()
 
 
 def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[Task, LoadedModel]:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -58,8 +59,9 @@ def cache_entry(task: str, revision: str, cache_dir: Path) -> Path:
     return cache_dir / "int8" / f"{task}-{key}"
 
 
-def int8_path(model: Any, task: str, revision: str, cache_dir: Path) -> Path:
-    """The quantized ONNX file for this revision, exported and quantized now if not cached."""
+def int8_path(load_fp32: Callable[[], Any], task: str, revision: str, cache_dir: Path) -> Path:
+    """The quantized ONNX file for this revision; exported (from `load_fp32()`) and quantized
+    now if not cached."""
     if not available():
         raise Int8Unavailable(INSTALL_HINT)
     entry = cache_entry(task, revision, cache_dir)
@@ -74,7 +76,7 @@ def int8_path(model: Any, task: str, revision: str, cache_dir: Path) -> Path:
         tmp = entry.parent / f"{entry.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        export_fp32(model, tmp / "fp32.onnx")
+        export_fp32(load_fp32(), tmp / "fp32.onnx")
         quantize_int8(tmp / "fp32.onnx", tmp / "model.onnx")
         (tmp / "fp32.onnx").unlink()
         (tmp / "build.json").write_text(
@@ -162,9 +164,11 @@ class OrtModel:
         return SimpleNamespace(logits=self._torch.from_numpy(logits))
 
 
-def int8_model(model: Any, task: str, revision: str, cache_dir: Path, threads: int | None) -> OrtModel:
-    """The fp32 model's int8 twin (built or read from the cache)."""
-    return OrtModel(int8_path(model, task, revision, cache_dir), threads)
+def int8_model(
+    load_fp32: Callable[[], Any], task: str, revision: str, cache_dir: Path, threads: int | None = None
+) -> OrtModel:
+    """The model's int8 twin, read from the cache (built from `load_fp32()` the first time)."""
+    return OrtModel(int8_path(load_fp32, task, revision, cache_dir), threads)
 
 
 def read_verdict(task: str, revision: str, cache_dir: Path) -> dict | None:

@@ -17,7 +17,7 @@ import pytest
 from conftest import batch_config, read_output, tiny_config, write_corpus
 from test_dtype import generated_texts
 
-from pipeline import Annotator, PipelineConfig, batch, cli, quantize
+from pipeline import Annotator, PipelineConfig, batch, cli, models, quantize
 from pipeline.agreement import agreement
 from pipeline.models import ModelLoadError, cpu_name, load_models
 
@@ -55,12 +55,19 @@ def test_int8_agrees_with_fp32_and_keeps_row_errors(tiny_models, corpus, tmp_pat
     assert rows[-1]["error"] is not None and rows[-1]["label"] is None
 
 
-def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp_path):
+def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp_path, monkeypatch):
     Annotator(_cfg(tiny_models, tmp_path))
     first = _entries(tmp_path)
     assert [e.split("-")[0] for e in first] == ["classifier", "ner"]
     built = {e: (tmp_path / "int8" / e / "model.onnx").stat().st_mtime_ns for e in first}
-    Annotator(_cfg(tiny_models, tmp_path))
+
+    def no_fp32(*args):
+        raise AssertionError("a cached int8 build must not read the fp32 weights again")
+
+    with monkeypatch.context() as m:
+        m.setattr(models, "_load_weights", no_fp32)
+        again = Annotator(_cfg(tiny_models, tmp_path))
+    assert {lm.dtype for lm in again.models.values()} == {"int8"}
     assert {e: (tmp_path / "int8" / e / "model.onnx").stat().st_mtime_ns for e in first} == built
 
     # new weights under the same directory are a new revision: a new build, the old one untouched

@@ -63,6 +63,7 @@ def test_dtype_choice():
     cpu = torch.device("cpu")
     assert choose_dtype(RuntimeConfig(dtype="fp32"), cpu) == torch.float32
     assert choose_dtype(RuntimeConfig(dtype="fp16"), cpu) == torch.float16
+    assert choose_dtype(RuntimeConfig(dtype="int8"), cpu) == torch.float32, "fp32 weights, then quantized"
     assert choose_dtype(RuntimeConfig(dtype="auto"), torch.device("cuda")) == torch.float16
     auto_cpu = choose_dtype(RuntimeConfig(dtype="auto"), cpu)
     assert auto_cpu == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
