@@ -28,6 +28,7 @@ from pipeline.progress import interval_s as progress_interval_s
 from pipeline.publish import SUCCESS, Publisher
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
+from pipeline.tally import DTYPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -346,12 +347,23 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "id_check_s": round(counts["id_check_s"], 2) if "id_check_s" in counts else None,
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
         "oom_splits": int(counts.get("oom_splits", 0)),
+        "model_dtypes": model_dtypes(counts),
         "wall_s": round(wall, 2),
         "docs_per_s": round(docs / wall, 2) if wall > 0 else None,
         "models": meta["models"],
         "config_hash": meta["config_hash"],
         "version": meta["version"],
     }
+
+
+def model_dtypes(counts: dict[str, Any]) -> dict[str, list[str]]:
+    """{model: dtypes its inference actors ran in}: one each, unless nodes chose differently."""
+    out: dict[str, set[str]] = {}
+    for key in counts:
+        if key.startswith(DTYPE_KEY):
+            task, dtype = key[len(DTYPE_KEY) :].rsplit(":", 1)
+            out.setdefault(task, set()).add(dtype)
+    return {task: sorted(dtypes) for task, dtypes in sorted(out.items())}
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -372,6 +384,13 @@ def summary(report: dict[str, Any]) -> str:
     if report.get("already_written"):
         lines.append(
             f"  resumed: {report['already_written']} documents were already written by the earlier run"
+        )
+    mixed = {task: d for task, d in (report.get("model_dtypes") or {}).items() if len(d) > 1}
+    if mixed:
+        lines.append(
+            "  warning: models ran in more than one dtype on different actors: "
+            + ", ".join(f"{task} {'/'.join(d)}" for task, d in mixed.items())
+            + " (dtype auto follows each node's int8 verdict: set runtime.dtype outright for one)"
         )
     if report.get("oom_splits"):
         lines.append(

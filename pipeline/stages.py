@@ -28,7 +28,7 @@ from pipeline.columns import (
 from pipeline.config import PipelineConfig
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
-from pipeline.tally import report
+from pipeline.tally import DTYPE_KEY, report
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"bert_pipeline"
@@ -75,9 +75,12 @@ class InferActor:
         built = Engine.build(cfg)
         self.models = built.models
         self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
+        # what each model runs in on this actor (dtype auto may differ between nodes)
+        report(tally, {f"{DTYPE_KEY}{task}:{lm.dtype}": 1 for task, lm in self.models.items()})
         log.info(
-            "inference actor ready on %s (pid %d)",
+            "inference actor ready on %s (%s; pid %d)",
             next(iter(self.engine.runners.values())).device,
+            ", ".join(f"{task} {lm.dtype}" for task, lm in self.models.items()),
             os.getpid(),
         )
 

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 
 MAX_NOTES = 100
+DTYPE_KEY = "actor_dtype:"  # counters "actor_dtype:<model>:<dtype>": inference actors that ran it
 
 
 @ray.remote(num_cpus=0)

@@ -37,6 +37,7 @@ def test_batch_output_equals_in_process_and_keeps_every_column(ray_cluster, tiny
     assert json.loads((night / "_report.json").read_text())["output_rows"] == len(ids)
     assert 0.3 < report["padding_efficiency"] <= 1 and report["windows"] >= len(ids)
     assert 0 < report["startup_s"] < report["wall_s"]  # when the model got its first batch
+    assert report["model_dtypes"] == {"classifier": ["fp32"], "ner": ["fp32"]}
 
     rows = read_output(night)
     assert _ids(rows) == sorted(ids), "every id exactly once"

@@ -145,6 +145,7 @@ def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(
     cfg["runtime"]["dtype"] = "int8"
     report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     assert report["status"] == "complete" and report["output_rows"] == 200
+    assert report["model_dtypes"] == {"classifier": ["int8"], "ner": ["int8"]}
     rows = read_output(tmp_path / "out")
     assert len(_entries(tmp_path / "cache")) == 2, "one build per model, shared by the node's actors"
     in_process = Annotator(PipelineConfig.from_dict(cfg)).annotate([r["text"] for r in rows])
@@ -153,3 +154,16 @@ def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(
     scores = agreement(rows, in_process)
     assert scores["label_agreement"] >= 0.95 and scores["entity_f1"] >= 0.95, scores
     assert [r["error"] for r in rows] == [r["error"] for r in in_process]
+
+
+def test_a_night_whose_nodes_chose_different_dtypes_says_so():
+    counts = {"actor_dtype:ner:int8": 1, "actor_dtype:ner:fp32": 1, "actor_dtype:classifier:fp32": 2}
+    report = {"documents": 10, "errors": 0, "wall_s": 1.0, "docs_per_s": 10.0, "windows": 10, "tokens": 99}
+    report |= {"padded_tokens": 100, "padding_efficiency": 0.99, "output": "out", "input_rows": 10}
+    report |= {"skipped_files": [], "skipped_rows": 0}
+    report["model_dtypes"] = batch.model_dtypes(counts)
+    assert report["model_dtypes"] == {"classifier": ["fp32"], "ner": ["fp32", "int8"]}
+    text = batch.summary(report)
+    assert "ner fp32/int8" in text and "classifier" not in text.split("warning")[1]
+    report["model_dtypes"] = batch.model_dtypes({"actor_dtype:ner:int8": 3})
+    assert "warning" not in batch.summary(report)
