@@ -134,7 +134,9 @@ class ModelRunner:
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = pad_id
         self.max_length = max_length
-        self.device = model.device  # a transformers model, or pipeline.quantize.OrtModel
+        # a transformers model or pipeline.quantize.OrtModel has .device; a bare nn.Module, its parameters
+        device = getattr(model, "device", None)
+        self.device = device if device is not None else next(model.parameters()).device
         # Tensor cores want multiples of 8; a CPU gains nothing from padding at all.
         self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
         self.cost = ForwardCost()
