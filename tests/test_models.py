@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config, upload_dir
+from safetensors.torch import load_file, save_file
 
 from pipeline import Annotator, PipelineConfig
 from pipeline.config import ModelSpec, RuntimeConfig, S3Options
@@ -17,6 +18,7 @@ from pipeline.models import (
     choose_dtype,
     cpu_has_fast_bf16,
     load_models,
+    model_revisions,
     resolve_source,
 )
 
@@ -108,6 +110,23 @@ def test_s3_source_is_fetched_once_and_cached(tiny_models, s3_server, s3_client,
     s3_client.put_object(Bucket="models", Key="ner/v1/README.md", Body=b"changed")
     path2, rev2 = _resolve_in_child(("s3://models/ner/v1/", s3_server, str(cache)))
     assert rev2 != results[0][1] and Path(path2).exists()
+
+    # new weights overwritten under the same prefix: the next load uses them (never the stale
+    # cache entry) and lineage names the new revision
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_models[1], retrained)
+    tensors = load_file(retrained / "model.safetensors")
+    tensors["classifier.bias"] = tensors["classifier.bias"] + torch.linspace(
+        -2, 2, len(tensors["classifier.bias"])
+    )
+    save_file(tensors, retrained / "model.safetensors", metadata={"format": "pt"})
+    upload_dir(s3_client, retrained, "models", "ner/v1")
+    lineage = model_revisions(PipelineConfig.from_dict(cfg))["ner"]["revision"]
+    assert lineage not in (results[0][1], rev2)
+    fresh = Annotator(PipelineConfig.from_dict(cfg))
+    assert fresh.models["ner"].revision == lineage
+    new_local = Annotator(PipelineConfig.from_dict(tiny_config(None, retrained))).annotate(corpus)
+    assert fresh.annotate(corpus) == new_local != local
 
 
 def test_s3_source_without_model_is_a_clear_error(s3_server, s3_client, tmp_path):
