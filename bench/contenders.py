@@ -226,7 +226,7 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
         "real_tokens": report["tokens"],
         "padded_tokens": report["padded_tokens"],
         "startup_s": report["startup_s"],  # Ray start, workers, model load: fixed, not per document
-        "dtype": "int8"
-        if dtype == "int8"
-        else dtype_name(choose_dtype(cfg_obj.runtime, torch.device("cpu"))),
+        # what the actors ran (dtype auto may follow an int8 verdict), else what the config asks
+        "dtype": "/".join(sorted({d for ds in report["model_dtypes"].values() for d in ds}))
+        or ("int8" if dtype == "int8" else dtype_name(choose_dtype(cfg_obj.runtime, torch.device("cpu")))),
     }

@@ -1,12 +1,13 @@
 """int8 candidates against fp32 on the demo models, side by side in one run: speed and agreement.
 
-    python -m bench.int8 [torch_dynamic ort ort_fp32 torchao bf16]   (needs models/demo)
+    python -m bench.int8 [torch_dynamic ort ort_keep_ffn_out ort_fp32 torchao bf16]   (needs models/demo)
 
 Each candidate replaces the models inside an `Annotator` (the product's own encode and
 decode around it) and is timed on the same real sentences as fp32 (best of two passes).
 Agreement is against fp32: the share of equal labels and exact-span entity F1. The issue's
-gate for `runtime.dtype: int8` is >= 99% labels and F1 >= 0.98. `onnxruntime`, `onnx` and
-`torchao` are not project dependencies: install them to measure those candidates.
+gate for `runtime.dtype: int8` is >= 99% labels and F1 >= 0.98. `ort_keep_ffn_out` is the
+recipe the product ships (pipeline/quantize.py). `onnxruntime` and `onnx` come with the `int8`
+extra; `torchao` is not a project dependency: install it to measure that candidate.
 """
 
 from __future__ import annotations

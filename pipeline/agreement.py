@@ -21,7 +21,8 @@ def spans(rows: list[dict[str, Any]], key: str = "entities") -> list[set]:
 
 
 def label_agreement(rows: list[dict[str, Any]], ref: list[dict[str, Any]], key: str = "label") -> float:
-    """Share of rows whose label equals the reference's (rows that failed in either run excluded)."""
+    """Share of rows whose label equals the reference's (rows the reference failed excluded; a
+    row that only `rows` failed counts as a disagreement)."""
     pairs = [(a[key], b[key]) for a, b in zip(rows, ref, strict=True) if b.get(key) is not None]
     return round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else 1.0
 
@@ -38,5 +39,7 @@ def agreement(rows: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str
         ]
         out["max_score_delta"] = round(max(deltas, default=0.0), 4)
     if any("entities" in r for r in ref):
-        out["entity_f1"] = entity_f1(spans(ref), spans(rows))["f1"]
+        gold, pred = spans(ref), spans(rows)
+        # no entity in either run is full agreement, not an F1 of 0
+        out["entity_f1"] = entity_f1(gold, pred)["f1"] if any(gold) or any(pred) else 1.0
     return out

@@ -42,7 +42,9 @@ def sample_texts(cfg: PipelineConfig, n: int) -> list[str]:
 
 
 def _with_dtype(cfg: PipelineConfig, dtype: str) -> PipelineConfig:
-    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"dtype": dtype})})
+    """On the CPU whatever the config says: a verdict is about CPU int8 against CPU floats."""
+    runtime = cfg.runtime.model_copy(update={"dtype": dtype, "device": "cpu"})
+    return cfg.model_copy(update={"runtime": runtime})
 
 
 def _timed(cfg: PipelineConfig, texts: list[str], repeats: int) -> tuple[Annotator, list[dict], dict]:

@@ -171,18 +171,27 @@ def int8_model(
     return OrtModel(int8_path(load_fp32, task, revision, cache_dir), threads)
 
 
-def read_verdict(task: str, revision: str, cache_dir: Path) -> dict | None:
-    """What `pipeline models quantize` measured for this revision on this node, if anything."""
-    if not available():
+def _verdict_file(task: str, revision: str, cache_dir: Path, cpu: str) -> Path:
+    """One verdict per CPU model: nodes of different kinds may share a cache_dir."""
+    name = hashlib.sha256(cpu.encode()).hexdigest()[:12]
+    return cache_entry(task, revision, cache_dir) / f"verdict-{name}.json"
+
+
+def read_verdict(task: str, revision: str, cache_dir: Path, cpu: str) -> dict | None:
+    """What `pipeline models quantize` measured for this revision on this CPU model, if anything."""
+    if not (cache_dir / "int8").is_dir() or not available():  # the usual case: no import at all
         return None
-    path = cache_entry(task, revision, cache_dir) / "verdict.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(_verdict_file(task, revision, cache_dir, cpu).read_text())
     except (OSError, ValueError):
         return None
 
 
 def write_verdict(task: str, revision: str, cache_dir: Path, verdict: dict) -> Path:
-    path = cache_entry(task, revision, cache_dir) / "verdict.json"
-    path.write_text(json.dumps(verdict, indent=2))
+    """Written whole or not at all (a reader never sees half a file)."""
+    path = _verdict_file(task, revision, cache_dir, verdict["cpu"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(verdict, indent=2))
+    os.replace(tmp, path)
     return path

@@ -95,15 +95,26 @@ def test_auto_runs_int8_only_where_a_verdict_for_this_cpu_says_so(tiny_models, t
     revisions = {
         t: lm.revision for t, lm in load_models(_cfg(tiny_models, tmp_path, "fp32"), weights=False).items()
     }
-    (tmp_path / "int8" / "x").mkdir(parents=True)
     for verdict, expected in (
         ({"use_int8": True, "cpu": cpu_name()}, "int8"),
         ({"use_int8": True, "cpu": "another CPU"}, floats["ner"]),
         ({"use_int8": False, "cpu": cpu_name()}, floats["ner"]),
     ):
-        quantize.cache_entry("ner", revisions["ner"], tmp_path).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp_path / "int8", ignore_errors=True)
         quantize.write_verdict("ner", revisions["ner"], tmp_path, verdict)
         assert auto_dtypes() == {"classifier": floats["classifier"], "ner": expected}, verdict
+
+    # one verdict per CPU model: a shared cache_dir serves nodes of several kinds
+    quantize.write_verdict("ner", revisions["ner"], tmp_path, {"use_int8": True, "cpu": "another CPU"})
+    assert auto_dtypes()["ner"] == floats["ner"], "this CPU's own (negative) verdict still holds"
+
+
+def test_int8_on_a_gpu_is_refused(tiny_models, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(models, "choose_device", lambda runtime: torch.device("meta"))
+    with pytest.raises(ModelLoadError, match="int8 runs on CPU only"):
+        load_models(_cfg(tiny_models, tmp_path))
 
 
 def test_int8_without_onnxruntime_is_one_clear_error(tiny_models, tmp_path, monkeypatch):
@@ -135,6 +146,11 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
         assert json.loads(written.read_text()) == {k: x for k, x in v.items() if k != "path"}
         assert f"{task} (" in out.err and "dtype auto runs" in out.err
     assert verdicts["ner"]["dtypes"]["fp32"]["entity_f1"] == 1.0
+    # and the verdicts drive dtype auto on this machine
+    auto = tiny_config(*tiny_models, runtime__dtype="auto") | {"cache_dir": str(tmp_path / "cache")}
+    ran = {t: lm.dtype for t, lm in load_models(PipelineConfig.from_dict(auto)).items()}
+    for task, v in verdicts.items():
+        assert (ran[task] == "int8") == v["use_int8"], (task, ran, v)
 
 
 def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(
