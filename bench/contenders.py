@@ -202,18 +202,14 @@ def ours_annotator(
 
 
 def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, dtype="auto") -> dict:
-    import torch
-
     from pipeline import PipelineConfig, batch
-    from pipeline.models import choose_dtype, dtype_name
 
     cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, "cpu")
     cfg["ray"] = {"infer_actors": 1, "cpus_per_actor": 1, "cpus_per_task": 0.5, "docs_per_batch": 256}
     cfg["input"] = {"path": str(corpus)}
     cfg["output"] = {"path": str(out), "min_rows_per_file": 100_000, "max_rows_per_file": 1_000_000}
-    cfg_obj = PipelineConfig.from_dict(cfg)
     start = time.perf_counter()  # Ray start-up included: that is what a user waits for
-    report = batch.run(cfg_obj, overwrite=True, echo=lambda s: None)
+    report = batch.run(PipelineConfig.from_dict(cfg), overwrite=True, echo=lambda s: None)
     wall = time.perf_counter() - start
     import ray
 
@@ -226,7 +222,6 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
         "real_tokens": report["tokens"],
         "padded_tokens": report["padded_tokens"],
         "startup_s": report["startup_s"],  # Ray start, workers, model load: fixed, not per document
-        # what the actors ran (dtype auto may follow an int8 verdict), else what the config asks
-        "dtype": "/".join(sorted({d for ds in report["model_dtypes"].values() for d in ds}))
-        or ("int8" if dtype == "int8" else dtype_name(choose_dtype(cfg_obj.runtime, torch.device("cpu")))),
+        # what the inference actors ran (dtype auto may follow an int8 verdict)
+        "dtype": "/".join(sorted({d for ds in report["model_dtypes"].values() for d in ds})),
     }

@@ -47,8 +47,9 @@ def _with_dtype(cfg: PipelineConfig, dtype: str) -> PipelineConfig:
     return cfg.model_copy(update={"runtime": runtime})
 
 
-def _timed(cfg: PipelineConfig, texts: list[str], repeats: int) -> tuple[Annotator, list[dict], dict]:
-    """Annotate `texts` `repeats` times; the fastest pass's forward seconds per model."""
+def _timed(cfg: PipelineConfig, texts: list[str], repeats: int) -> tuple[list[dict], dict, dict]:
+    """Annotate `texts` `repeats` times: (rows, the fastest pass's forward seconds per model,
+    {model: (source, revision)}). The models are let go on return: one dtype in memory at a time."""
     ann = Annotator(cfg)
     ann.annotate(texts[:16])  # warm-up: first-call allocations, ORT's session set-up
     best: dict[str, float] = {}
@@ -59,29 +60,28 @@ def _timed(cfg: PipelineConfig, texts: list[str], repeats: int) -> tuple[Annotat
         for task, runner in ann.engine.runners.items():
             spent = runner.stats.forward_s - before[task]
             best[task] = min(best.get(task, float("inf")), spent)
-    return ann, rows, best
+    return rows, best, {task: (lm.spec.source, lm.revision) for task, lm in ann.models.items()}
 
 
 def measure(cfg: PipelineConfig, texts: list[str], repeats: int = 2) -> dict[str, dict[str, Any]]:
     """fp32, bf16 and int8 on the same texts; one verdict per model, written beside its int8 build."""
     baseline = "bf16" if cpu_has_fast_bf16() else "fp32"
     runs = {dtype: _timed(_with_dtype(cfg, dtype), texts, repeats) for dtype in ("fp32", "bf16", "int8")}
-    ref_rows = runs["fp32"][1]
-    int8_ann = runs["int8"][0]
+    ref_rows = runs["fp32"][0]
     verdicts = {}
-    for task, lm in int8_ann.models.items():
+    for task, (source, revision) in runs["int8"][2].items():
         metric, floor = GATE[task]
         per_dtype = {}
-        for dtype, (_, rows, seconds) in runs.items():
+        for dtype, (rows, seconds, _) in runs.items():
             scores = agreement(_only(rows, task), _only(ref_rows, task))
             per_dtype[dtype] = {"forward_s": round(seconds[task], 3), metric: scores[metric]}
-            per_dtype[dtype]["speed_vs_fp32"] = round(runs["fp32"][2][task] / seconds[task], 2)
-        speedup = runs[baseline][2][task] / runs["int8"][2][task]
+            per_dtype[dtype]["speed_vs_fp32"] = round(runs["fp32"][1][task] / seconds[task], 2)
+        speedup = runs[baseline][1][task] / runs["int8"][1][task]
         meets = per_dtype["int8"][metric] >= floor
         verdict = {
             "task": task,
-            "source": lm.spec.source,
-            "revision": lm.revision,
+            "source": source,
+            "revision": revision,
             "texts": len(texts),
             "gate": {metric: floor},
             "dtypes": per_dtype,
@@ -94,7 +94,7 @@ def measure(cfg: PipelineConfig, texts: list[str], repeats: int = 2) -> dict[str
             "threads": cfg.runtime.num_threads,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        verdict["path"] = str(write_verdict(task, lm.revision, default_cache_dir(cfg), verdict))
+        verdict["path"] = str(write_verdict(task, revision, default_cache_dir(cfg), verdict))
         verdicts[task] = verdict
     return verdicts
 

@@ -353,7 +353,7 @@ def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_d
             raise ModelLoadError(quantize.INSTALL_HINT)
         return True
     verdict = quantize.read_verdict(loaded.task, loaded.revision, cache_dir, cpu_name())
-    return bool(verdict and verdict.get("use_int8") and verdict.get("cpu") == cpu_name())
+    return bool(verdict and verdict.get("use_int8"))
 
 
 def _load_weights(task: Task, spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None):
