@@ -59,7 +59,7 @@ def workload(corpus: Path, cls_dir: Path, ner_dir: Path, max_length: int, stride
     framing = framing_of(models["ner"].tokenizer)
     cls_len, ner_len = [], []
     for d in docs:
-        n = len(d.ner)
+        n = len(d.streams["ner"])
         ((s, e),) = window_spans(n, max_length, 0, framing.n_special, True)
         cls_len.append(e - s + framing.n_special)
         ner_len += [

@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, RunStats
-from pipeline.models import LoadedModel, Task
+from pipeline.models import LoadedModel
 
 DOCS_PER_CHUNK = 1024  # enough windows per chunk for length sorting to pack batches tightly
 
@@ -20,7 +20,7 @@ DOCS_PER_CHUNK = 1024  # enough windows per chunk for length sorting to pack bat
 class Annotator:
     """Loads the configured models once; `annotate` returns one result dict per input, in order."""
 
-    def __init__(self, cfg: PipelineConfig, models: dict[Task, LoadedModel] | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, models: dict[str, LoadedModel] | None = None) -> None:
         if cfg.runtime.num_threads:
             import torch
 
@@ -44,4 +44,4 @@ class Annotator:
         return self.engine.stats()
 
     def describe(self) -> dict[str, Any]:
-        return {task: lm.describe() for task, lm in self.models.items()}
+        return {name: lm.describe() for name, lm in self.models.items()}

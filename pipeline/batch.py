@@ -18,9 +18,9 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.cluster import cpu_tasks, ensure_ray
-from pipeline.columns import output_fields
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.inputs import InputError, InputFiles, discover, inspect
+from pipeline.kinds import output_fields
 from pipeline.models import model_revisions
 from pipeline.placement import PlacementWatch, StopRun, actor_needs
 from pipeline.progress import ProgressLine, quiet_ray_data_console
@@ -133,8 +133,7 @@ def _columns(cfg: PipelineConfig, available: list[str]) -> list[str]:
     missing = [c for c in wanted if c not in available]
     if missing:
         raise InputError(f"input.columns names {missing}, not in the input (columns: {', '.join(available)})")
-    top_k = cfg.models.classifier is not None and bool(cfg.models.classifier.top_k)
-    clash = [f.name for f in output_fields(cfg.output.prefix, top_k) if f.name in wanted]
+    clash = [f.name for f in output_fields(cfg.models, cfg.output.prefix) if f.name in wanted]
     if clash:
         raise InputError(
             f"input columns {clash} would be overwritten by the output; set output.prefix "
@@ -361,9 +360,9 @@ def model_dtypes(counts: dict[str, Any]) -> dict[str, list[str]]:
     out: dict[str, set[str]] = {}
     for key in counts:
         if key.startswith(DTYPE_KEY):
-            task, dtype = key[len(DTYPE_KEY) :].rsplit(":", 1)
-            out.setdefault(task, set()).add(dtype)
-    return {task: sorted(dtypes) for task, dtypes in sorted(out.items())}
+            name, dtype = key[len(DTYPE_KEY) :].rsplit(":", 1)
+            out.setdefault(name, set()).add(dtype)
+    return {name: sorted(dtypes) for name, dtypes in sorted(out.items())}
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -11,10 +11,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, RootModel, ValidationError, model_validator
 
 Aggregation = Literal["none", "simple", "first", "average", "max"]
 DType = Literal["auto", "fp32", "fp16", "bf16", "int8"]
@@ -71,6 +71,7 @@ class ModelSpec(_Strict):
 
 
 class ClassifierSpec(ModelSpec):
+    kind: Literal["classification"] = "classification"
     long_text: Literal["truncate", "mean"] = Field(
         "truncate", description="truncate: first window (HF behaviour); mean: mean of window logits"
     )
@@ -80,19 +81,79 @@ class ClassifierSpec(ModelSpec):
 
 
 class NerSpec(ModelSpec):
+    kind: Literal["ner"] = "ner"
     aggregation: Aggregation = "simple"
     ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
 
 
-class ModelsConfig(_Strict):
-    classifier: ClassifierSpec | None = None
-    ner: NerSpec | None = None
+# One spec per model kind (pipeline.kinds holds each kind's behaviour, keyed the same way).
+SPECS: dict[str, type[ModelSpec]] = {"classification": ClassifierSpec, "ner": NerSpec}
+AnySpec = Annotated[ClassifierSpec | NerSpec, Field(discriminator="kind")]
+# The two names every config had before models were named; they need no `kind`.
+DEFAULT_KINDS = {"classifier": "classification", "ner": "ner"}
+MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class ModelsConfig(RootModel[dict[str, AnySpec]]):
+    """Named models, each with a `kind`; `classifier` and `ner` default to their kinds.
+
+    Iteration order is `classifier`, `ner`, then the others as written: the output columns
+    keep one order whatever order the YAML lists them in.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for name, spec in data.items():
+            if not isinstance(name, str) or not MODEL_NAME.match(name):
+                raise ValueError(
+                    f"model name {name!r}: use lower-case letters, digits and _ (it names output columns)"
+                )
+            if isinstance(spec, dict) and "kind" not in spec:
+                if name not in DEFAULT_KINDS:
+                    raise ValueError(f"model {name!r} needs a kind: {' | '.join(SPECS)}")
+                spec = {**spec, "kind": DEFAULT_KINDS[name]}
+            out[name] = spec
+        return out
 
     @model_validator(mode="after")
-    def _at_least_one(self) -> ModelsConfig:
-        if self.classifier is None and self.ner is None:
-            raise ValueError("configure at least one of models.classifier and models.ner")
+    def _ordered(self) -> ModelsConfig:
+        if not self.root:
+            raise ValueError("configure at least one model (e.g. models.classifier or models.ner)")
+        names = [n for n in DEFAULT_KINDS if n in self.root] + [
+            n for n in self.root if n not in DEFAULT_KINDS
+        ]
+        self.root = {n: self.root[n] for n in names}
         return self
+
+    def items(self):
+        return self.root.items()
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.root)
+
+    def __getitem__(self, name: str) -> ClassifierSpec | NerSpec:
+        return self.root[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.root
+
+    def __len__(self) -> int:
+        return len(self.root)
+
+    def get(self, name: str) -> ClassifierSpec | NerSpec | None:
+        return self.root.get(name)
+
+    @property
+    def classifier(self) -> ClassifierSpec | None:
+        return self.root.get("classifier")  # type: ignore[return-value]
+
+    @property
+    def ner(self) -> NerSpec | None:
+        return self.root.get("ner")  # type: ignore[return-value]
 
 
 class RuntimeConfig(_Strict):
@@ -377,10 +438,15 @@ def _explain(exc: ValidationError) -> str:
     found = []
     for err in exc.errors():
         # Union members show up in the location as tags ("constrained-int", "function-after[...]").
-        where = ".".join(str(p) for p in err["loc"] if not _UNION_TAG.search(str(p))) or "(top level)"
+        loc = [str(p) for p in err["loc"]]
+        if len(loc) > 2 and loc[0] == "models" and loc[2] in SPECS:
+            del loc[2]  # the kind a model entry was read as
+        where = ".".join(p for p in loc if not _UNION_TAG.search(p)) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"kind must be one of: {', '.join(SPECS)}"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         found.append((where, msg, err["type"]))

@@ -1,17 +1,17 @@
 """Texts -> token streams with character offsets, and the windows models read them through.
 
-Each text is tokenized once, without special tokens; windows (`max_length` tokens with the
-model's special tokens, neighbours sharing `stride` tokens) are cut from that one stream by
-index arithmetic. The classifier and the NER model share the stream when their tokenizers
-are the same, whatever their max_length or stride. The windows equal Hugging Face's
+Each text is tokenized once per distinct tokenizer, without special tokens; windows
+(`max_length` tokens with the model's special tokens, neighbours sharing `stride` tokens)
+are cut from that one stream by index arithmetic. Models whose tokenizers are the same share
+the stream, whatever their kind, max_length or stride. The windows equal Hugging Face's
 `return_overflowing_tokens=True, stride=S` windows token for token.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,10 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Encoded:
-    """A document ready for inference: the stream(s) each model reads, or why there are none."""
+    """A document ready for inference: the token stream each model reads (by model name; models
+    that share a tokenizer share one object), or why there are none."""
 
-    cls: Tokens | None = None
-    ner: Tokens | None = None
+    streams: dict[str, Tokens] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -145,38 +145,42 @@ class Tokenizer:
 
 
 class Encoder:
-    """Tokenizes documents for the configured models, once per distinct tokenizer."""
+    """Tokenizes documents for the configured models, once per distinct tokenizer.
 
-    def __init__(self, cls_tokenizer: Any | None, ner_tokenizer: Any | None, max_chars: int) -> None:
+    `groups` are the distinct tokenizers in model order; `group_of` maps each model to its
+    group, which is also how the token streams are named between the batch job's stages.
+    """
+
+    def __init__(self, tokenizers: dict[str, Any], max_chars: int) -> None:
         self.max_chars = max_chars
-        self.cls = Tokenizer(cls_tokenizer) if cls_tokenizer is not None else None
-        if ner_tokenizer is None:
-            self.ner = None
-        elif cls_tokenizer is not None and same_tokenizer(cls_tokenizer, ner_tokenizer):
-            self.ner = self.cls
-        else:
-            self.ner = Tokenizer(ner_tokenizer)
-
-    @classmethod
-    def for_models(cls, models: dict, max_chars: int) -> Encoder:
-        """An encoder for whichever of the classifier and NER model are configured."""
-        c, n = models.get("classifier"), models.get("ner")
-        return cls(c.tokenizer if c else None, n.tokenizer if n else None, max_chars)
+        self.groups: list[Tokenizer] = []
+        self.group_of: dict[str, int] = {}
+        for name, tok in tokenizers.items():
+            same = next((g for g, t in enumerate(self.groups) if same_tokenizer(t.tokenizer, tok)), None)
+            if same is None:
+                self.groups.append(Tokenizer(tok))
+                same = len(self.groups) - 1
+            self.group_of[name] = same
 
     @property
     def shared(self) -> bool:
-        return self.cls is not None and self.cls is self.ner
+        """Some models read one tokenization of the text between them."""
+        return len(self.groups) < len(self.group_of)
 
-    def encode(self, texts: Sequence[object]) -> list[Encoded]:
+    @classmethod
+    def for_models(cls, models: dict, max_chars: int) -> Encoder:
+        return cls({name: lm.tokenizer for name, lm in models.items()}, max_chars)
+
+    def encode(self, texts: Sequence[object], names: Collection[str] | None = None) -> list[Encoded]:
+        """One `Encoded` per text, with streams for `names` (default: every model)."""
+        wanted = [n for n in self.group_of if names is None or n in names]
         errors = [text_error(t, self.max_chars) for t in texts]
         good = [i for i, e in enumerate(errors) if e is None]
         good_texts = [texts[i] for i in good]  # type: ignore[misc]
-        cls_out = self.cls(good_texts) if self.cls is not None else None
-        ner_out = cls_out if self.shared else (self.ner(good_texts) if self.ner is not None else None)
+        streams = {g: self.groups[g](good_texts) for g in sorted({self.group_of[n] for n in wanted})}
         out: list[Encoded] = [Encoded(error=e) for e in errors]
         for j, i in enumerate(good):
-            c = cls_out[j] if cls_out is not None else None
-            n = ner_out[j] if ner_out is not None else None
-            err = next((x for x in (c, n) if isinstance(x, str)), None)
-            out[i] = Encoded(error=err) if err else Encoded(cls=c, ner=n)  # type: ignore[arg-type]
+            tokens = {g: s[j] for g, s in streams.items()}
+            err = next((t for t in tokens.values() if isinstance(t, str)), None)
+            out[i] = Encoded(error=err) if err else Encoded({n: tokens[self.group_of[n]] for n in wanted})  # type: ignore[misc]
         return out

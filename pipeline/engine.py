@@ -15,27 +15,27 @@ from pipeline.config import PipelineConfig
 from pipeline.decode import Decoder
 from pipeline.encode import Encoder
 from pipeline.infer import InferenceEngine
-from pipeline.models import LoadedModel, Task, load_models
+from pipeline.models import LoadedModel, load_models
 
 
 @dataclass
 class Engine:
-    models: dict[Task, LoadedModel]
+    models: dict[str, LoadedModel]
     encoder: Encoder
     decoder: Decoder
     infer: InferenceEngine | None = None  # None when built without weights
 
     @classmethod
     def build(
-        cls, cfg: PipelineConfig, *, weights: bool = True, models: dict[Task, LoadedModel] | None = None
+        cls, cfg: PipelineConfig, *, weights: bool = True, models: dict[str, LoadedModel] | None = None
     ) -> Engine:
         models = models if models is not None else load_models(cfg, weights=weights)
         return cls(
             models=models,
             encoder=Encoder.for_models(models, cfg.runtime.max_chars),
-            decoder=Decoder(models),
+            decoder=Decoder(models, cfg.models),
             infer=InferenceEngine(models, cfg.runtime) if weights else None,
         )
 
     def describe(self) -> dict[str, Any]:
-        return {task: lm.describe() for task, lm in self.models.items()}
+        return {name: lm.describe() for name, lm in self.models.items()}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from pipeline.encode import Encoded, Framing, framing_of, window_spans
 
 if TYPE_CHECKING:
     from pipeline.config import RuntimeConfig
-    from pipeline.models import LoadedModel, Task
+    from pipeline.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -300,25 +300,27 @@ class ModelRunner:
 
 @dataclass
 class Inferred:
-    """Model outputs for one document. NER logits cover content tokens only, window after window."""
+    """Model outputs for one document, by model name, in the form the model's kind reduces to
+    (a classifier: logits [C]; NER: window spans and content-token logits)."""
 
-    cls_logits: np.ndarray | None = None  # [C]
-    ner_spans: np.ndarray | None = None  # [W, 2] token spans into the NER stream
-    ner_logits: np.ndarray | None = None  # [sum of window lengths, C]
+    outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
 class InferenceEngine:
-    """Turns encoded documents into per-document logits for every configured model."""
+    """Turns encoded documents into per-document outputs for every configured model."""
 
-    def __init__(self, models: dict[Task, LoadedModel], runtime: RuntimeConfig) -> None:
+    def __init__(self, models: dict[str, LoadedModel], runtime: RuntimeConfig) -> None:
+        from pipeline.kinds import kind_of
+
         self.models = models
+        self.kinds = {name: kind_of(lm.spec) for name, lm in models.items()}
         self.runners: dict[str, ModelRunner] = {}
         self.framing: dict[str, Framing] = {}
-        for task, lm in models.items():
+        for name, lm in models.items():
             framing = framing_of(lm.tokenizer)
-            self.framing[task] = framing
-            self.runners[task] = ModelRunner(
+            self.framing[name] = framing
+            self.runners[name] = ModelRunner(
                 lm.model,
                 batch_size=runtime.batch_size,
                 pad_id=framing.pad_id,
@@ -334,46 +336,29 @@ class InferenceEngine:
         return total
 
     def infer(self, docs: list[Encoded]) -> list[Inferred]:
+        """Each model runs over the documents that carry its stream (all, unless a request
+        asked for a subset); a document's first error wins."""
         out = [Inferred(error=d.error) for d in docs]
-        if "classifier" in self.models:
-            self._classify(docs, out)
-        if "ner" in self.models:
-            self._tag(docs, out)
+        for name in self.models:
+            self._run_model(name, docs, out)
         heap.trim()  # long-lived actors and replicas stay flat (see pipeline.heap)
         return out
 
-    def _windows(self, task: str, docs: list[Encoded], attr: str, first_only: bool):
-        spec = self.models[task].spec  # type: ignore[index]
-        framing = self.framing[task]
+    def _run_model(self, name: str, docs: list[Encoded], out: list[Inferred]) -> None:
+        spec, kind, framing = self.models[name].spec, self.kinds[name], self.framing[name]
+        first_only = kind.first_window_only(spec)
         seqs: list[np.ndarray] = []
-        owners: list[tuple[int, np.ndarray]] = []  # (doc index, spans)
+        owners: list[tuple[int, np.ndarray]] = []  # (doc index, window spans)
         for i, d in enumerate(docs):
-            tokens = getattr(d, attr)
+            tokens = d.streams.get(name)
             if d.error is not None or tokens is None:
                 continue
             spans = window_spans(len(tokens), spec.max_length, spec.stride, framing.n_special, first_only)
             owners.append((i, spans))
             seqs.extend(framing.frame(tokens.ids[s:e]) for s, e in spans)
-        return seqs, owners, framing
-
-    def _classify(self, docs: list[Encoded], out: list[Inferred]) -> None:
-        spec = self.models["classifier"].spec  # type: ignore[index]
-        seqs, owners, _ = self._windows("classifier", docs, "cls", spec.long_text == "truncate")
-        logits, errors = self.runners["classifier"].run(seqs)
-        k = 0
-        for i, spans in owners:
-            w = len(spans)
-            err = next((e for e in errors[k : k + w] if e), None)
-            if err:
-                out[i].error = err
-            else:
-                out[i].cls_logits = np.mean(np.stack(logits[k : k + w]), axis=0)  # type: ignore[arg-type]
-            k += w
-
-    def _tag(self, docs: list[Encoded], out: list[Inferred]) -> None:
-        seqs, owners, framing = self._windows("ner", docs, "ner", False)
-        logits, errors = self.runners["ner"].run(seqs)
-        head, tail = framing.prefix.shape[0], framing.suffix.shape[0]
+        if not seqs:
+            return
+        logits, errors = self.runners[name].run(seqs)
         k = 0
         for i, spans in owners:
             w = len(spans)
@@ -381,7 +366,5 @@ class InferenceEngine:
             if err:
                 out[i].error = out[i].error or err
             else:
-                parts = [lg[head : lg.shape[0] - tail] for lg in logits[k : k + w]]  # type: ignore[index]
-                out[i].ner_spans = spans
-                out[i].ner_logits = parts[0] if w == 1 else np.concatenate(parts)
+                out[i].outputs[name] = kind.reduce(logits[k : k + w], spans, framing)  # type: ignore[arg-type]
             k += w

@@ -17,11 +17,11 @@ from pipeline.agreement import agreement
 from pipeline.annotator import Annotator
 from pipeline.config import PipelineConfig
 from pipeline.inputs import InputError, discover
+from pipeline.kinds import slots
 from pipeline.models import cpu_has_fast_bf16, cpu_name, default_cache_dir
 from pipeline.quantize import write_verdict
 from pipeline.storage import arrow_filesystem
 
-GATE = {"classifier": ("label_agreement", 0.99), "ner": ("entity_f1", 0.98)}
 MIN_SPEEDUP = 1.05  # below this, "faster" is within this machine's run-to-run noise
 
 
@@ -69,11 +69,16 @@ def measure(cfg: PipelineConfig, texts: list[str], repeats: int = 2) -> dict[str
     runs = {dtype: _timed(_with_dtype(cfg, dtype), texts, repeats) for dtype in ("fp32", "bf16", "int8")}
     ref_rows = runs["fp32"][0]
     verdicts = {}
+    by_name = {slot.name: slot for slot in slots(cfg.models)}
     for task, (source, revision) in runs["int8"][2].items():
-        metric, floor = GATE[task]
+        slot = by_name[task]
+        metric, floor = slot.kind.gate  # each kind's own agreement measure and floor
         per_dtype = {}
         for dtype, (rows, seconds, _) in runs.items():
-            scores = agreement(_only(rows, task), _only(ref_rows, task))
+            view = slot.kind.agreement_view
+            scores = agreement(
+                [view(r, slot.columns) for r in rows], [view(r, slot.columns) for r in ref_rows]
+            )
             per_dtype[dtype] = {"forward_s": round(seconds[task], 3), metric: scores[metric]}
             per_dtype[dtype]["speed_vs_fp32"] = round(runs["fp32"][1][task] / seconds[task], 2)
         speedup = runs[baseline][1][task] / runs["int8"][1][task]
@@ -94,15 +99,11 @@ def measure(cfg: PipelineConfig, texts: list[str], repeats: int = 2) -> dict[str
             "threads": cfg.runtime.num_threads,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        verdict["path"] = str(write_verdict(task, revision, default_cache_dir(cfg), verdict))
+        verdict["path"] = str(
+            write_verdict(slot.kind.default_name, revision, default_cache_dir(cfg), verdict)
+        )
         verdicts[task] = verdict
     return verdicts
-
-
-def _only(rows: list[dict], task: str) -> list[dict]:
-    """The fields one model produced, so agreement scores that model alone."""
-    keys = ("label", "label_score") if task == "classifier" else ("entities",)
-    return [{k: r.get(k) for k in keys} for r in rows]
 
 
 def summary(verdicts: dict[str, dict[str, Any]]) -> str:

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Task = Literal["classifier", "ner"]
 Int8Mode = Literal["off", "on", "verified"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_FETCH = (".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
@@ -43,7 +42,7 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     """A ready-to-run model with everything the encode/infer/decode steps need to know about it."""
 
-    task: Task
+    name: str  # the model's name in the config (`classifier`, `ner`, `sentiment`, ...)
     spec: ModelSpec
     path: Path
     revision: str
@@ -53,9 +52,22 @@ class LoadedModel:
     config: Any = field(repr=False, default=None)
     dtype: str | None = None  # what the weights run in: fp32, bf16, fp16, int8; None without weights
 
+    @property
+    def kind(self) -> str:
+        return self.spec.kind  # type: ignore[attr-defined]
+
+    @property
+    def cache_name(self) -> str:
+        """Names the model's kind in cache paths (int8 builds, verdicts): `classifier` or `ner`,
+        whatever the model is called, so one build serves every config that uses it."""
+        from pipeline.kinds import kind_of
+
+        return kind_of(self.spec).default_name
+
     def describe(self) -> dict[str, Any]:
         return {
-            "task": self.task,
+            "task": self.name,
+            "kind": self.kind,
             "source": self.spec.source,
             "revision": self.revision,
             "labels": [self.id2label[i] for i in sorted(self.id2label)],
@@ -133,14 +145,12 @@ def source_revision(spec: ModelSpec, s3: S3Options) -> str:
 
 
 def model_revisions(cfg: PipelineConfig) -> dict[str, dict[str, str]]:
-    """{task: {source, revision}} of every configured model, without loading any; a missing
+    """{model: {source, revision}} of every configured model, without loading any; a missing
     source fails here, on the driver, in one line (lineage, and the check before Ray starts)."""
-    out = {}
-    for task in ("classifier", "ner"):
-        spec = getattr(cfg.models, task)
-        if spec is not None:
-            out[task] = {"source": spec.source, "revision": source_revision(spec, cfg.s3)}
-    return out
+    return {
+        name: {"source": spec.source, "revision": source_revision(spec, cfg.s3)}
+        for name, spec in cfg.models.items()
+    }
 
 
 def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -> tuple[Path, str]:
@@ -279,7 +289,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def load_model(
-    task: Task,
+    name: str,
     spec: ModelSpec,
     *,
     s3: S3Options,
@@ -312,10 +322,10 @@ def load_model(
     max_pos = getattr(config, "max_position_embeddings", None)
     if max_pos and spec.max_length > max_pos:
         raise ModelLoadError(
-            f"models.{task}.max_length is {spec.max_length} but {spec.source} has only {max_pos} positions"
+            f"models.{name}.max_length is {spec.max_length} but {spec.source} has only {max_pos} positions"
         )
     id2label = {int(k): str(v) for k, v in config.id2label.items()}
-    loaded = LoadedModel(task, spec, path, revision, tokenizer, None, id2label, config=config)
+    loaded = LoadedModel(name, spec, path, revision, tokenizer, None, id2label, config=config)
     if not weights:
         return loaded
     device = device or _cpu()
@@ -324,11 +334,11 @@ def load_model(
 
         # fp32 weights are read only when this revision has no cached int8 build yet
         loaded.model = int8_model(
-            lambda: _load_weights(task, spec, path, device, None), task, revision, cache_dir
+            lambda: _load_weights(spec, path, device, None), loaded.cache_name, revision, cache_dir
         )
         loaded.dtype = "int8"
     else:
-        loaded.model = _load_weights(task, spec, path, device, dtype)
+        loaded.model = _load_weights(spec, path, device, dtype)
         loaded.dtype = dtype_name(loaded.model.dtype)
     return loaded
 
@@ -352,16 +362,18 @@ def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_d
         if not quantize.available():
             raise ModelLoadError(quantize.INSTALL_HINT)
         return True
-    verdict = quantize.read_verdict(loaded.task, loaded.revision, cache_dir, cpu_name())
+    verdict = quantize.read_verdict(loaded.cache_name, loaded.revision, cache_dir, cpu_name())
     return bool(verdict and verdict.get("use_int8"))
 
 
-def _load_weights(task: Task, spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None):
+def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None):
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    auto = AutoModelForSequenceClassification if task == "classifier" else AutoModelForTokenClassification
+    from pipeline.kinds import kind_of
+
+    kind = kind_of(spec)
     try:
+        auto = kind.auto_class()
         model = auto.from_pretrained(
             str(path),
             trust_remote_code=False,
@@ -371,29 +383,20 @@ def _load_weights(task: Task, spec: ModelSpec, path: Path, device: torch.device,
         )
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(
-            f"cannot load {task} model from {spec.source}: {type(exc).__name__}: {exc}"
+            f"cannot load {kind.name} model from {spec.source}: {type(exc).__name__}: {exc}"
         ) from None
     return model.to(device).eval()
 
 
-def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[Task, LoadedModel]:
+def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[str, LoadedModel]:
     """Load every configured model on the device and dtype the runtime section asks for."""
     device = choose_device(cfg.runtime) if weights else None
     dtype = choose_dtype(cfg.runtime, device) if device is not None else None
     int8: Int8Mode = {"int8": "on", "auto": "verified"}.get(cfg.runtime.dtype, "off")  # type: ignore[assignment]
     cache_dir = default_cache_dir(cfg)
-    out: dict[Task, LoadedModel] = {}
-    for task in ("classifier", "ner"):
-        spec = getattr(cfg.models, task)
-        if spec is not None:
-            out[task] = load_model(
-                task,
-                spec,
-                s3=cfg.s3,
-                cache_dir=cache_dir,
-                device=device,
-                dtype=dtype,
-                weights=weights,
-                int8=int8,
-            )
-    return out
+    return {
+        name: load_model(
+            name, spec, s3=cfg.s3, cache_dir=cache_dir, device=device, dtype=dtype, weights=weights, int8=int8
+        )
+        for name, spec in cfg.models.items()
+    }

@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -32,13 +32,21 @@ from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
 
 log = logging.getLogger(__name__)
-TASKS = {"annotate": ("classifier", "ner"), "classify": ("classifier",), "ner": ("ner",)}
+ENDPOINT_KINDS = {"annotate": None, "classify": "classification", "ner": "ner"}  # None: every kind
 
 
 # -- request / response schema (also what /docs shows) --------------------------------------
 class AnnotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     texts: list[str | None] = Field(
         min_length=1, description="texts to annotate; null gives a per-item error"
+    )
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="run only these configured models (by name, see GET /v1/models); default: all "
+        "the endpoint's models. The others' fields come back null",
     )
 
 
@@ -56,7 +64,14 @@ class TopLabel(BaseModel):
 
 
 class Result(BaseModel):
-    """One text's result: the same fields and values as one row of the batch output."""
+    """One text's result: the same fields and values as one row of the batch output.
+
+    Models other than `classifier` and `ner` add their own fields, named as their output
+    columns: `{name}_label`, `{name}_score`, `{name}_labels` (classification) and
+    `{name}_entities` (NER).
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     label: str | None
     label_score: float | None
@@ -165,8 +180,8 @@ class Model:
         return out, counts
 
     def served_models(self) -> dict[str, dict[str, str]]:
-        """Source and revision per task: the batch job checks them before borrowing this model."""
-        return {t: {"source": m.spec.source, "revision": m.revision} for t, m in self.models.items()}
+        """Source and revision per model: the batch job checks them before borrowing this model."""
+        return {n: {"source": m.spec.source, "revision": m.revision} for n, m in self.models.items()}
 
     async def __call__(self, docs: list[Encoded]) -> list[Inferred]:
         # Eager when idle: a lone request runs at once instead of waiting out the batch
@@ -190,8 +205,8 @@ class Model:
         import numpy as np
 
         (out,) = await self._run(self._probe)
-        values = [v for v in (out.cls_logits, out.ner_logits) if v is not None]
-        if out.error or not values or not all(np.isfinite(v).all() for v in values):
+        values = [np.asarray(v[-1] if isinstance(v, tuple) else v) for v in out.outputs.values()]
+        if out.error or len(values) != len(self.models) or not all(np.isfinite(v).all() for v in values):
             raise RuntimeError(f"model health check failed: {out.error or 'non-finite output'}")
 
     def stats(self) -> dict[str, Any]:
@@ -216,6 +231,7 @@ class Ingress:
         light = Engine.build(self.cfg, weights=False)
         self.encoder, self.decoder = light.encoder, light.decoder
         self.describe = light.describe()
+        self.kinds = {name: lm.kind for name, lm in light.models.items()}
         self.keys = [k.encode() for k in api_keys(self.cfg)]
         self._requests = MetricCounter(
             "bert_pipeline_requests_total",
@@ -232,17 +248,17 @@ class Ingress:
     # endpoints
     @api.post("/v1/annotate", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
     async def annotate(self, request: Request):
-        """Classification and entities for each text."""
+        """Every configured model's results for each text (or the models the request names)."""
         return await self._serve(request, "annotate")
 
     @api.post("/v1/classify", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
     async def classify(self, request: Request):
-        """Classification only (entities is null)."""
+        """Classification models only (entities are null)."""
         return await self._serve(request, "classify")
 
     @api.post("/v1/ner", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
     async def ner(self, request: Request):
-        """Entities only (label is null)."""
+        """NER models only (labels are null)."""
         return await self._serve(request, "ner")
 
     @api.get("/healthz")
@@ -271,12 +287,10 @@ class Ingress:
         started = time.perf_counter()
         try:
             self._authorize(request)
-            texts = self._limit(await self._parse(request))
-            tasks = TASKS[endpoint]
-            missing = [t for t in tasks if t not in self.describe]
-            if len(missing) == len(tasks):
-                raise HttpError(404, f"no {' or '.join(missing)} model is configured")
-            docs = await asyncio.to_thread(self._encode, texts, tasks)
+            parsed = await self._parse(request)
+            texts = self._limit(parsed.texts)
+            names = self._models(endpoint, parsed.models)
+            docs = await asyncio.to_thread(self.encoder.encode, texts, names)
             inferred = await self._infer(docs)
             rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
             response = JSONResponse({"results": rows, "model": self.describe})
@@ -305,7 +319,7 @@ class Ingress:
                 {"WWW-Authenticate": "Bearer"},
             )
 
-    async def _parse(self, request: Request) -> list[str | None]:
+    async def _parse(self, request: Request) -> AnnotateRequest:
         limit = self.cfg.serve.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -320,11 +334,13 @@ class Ingress:
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"request body is not valid JSON: {exc}") from None
         try:
-            return AnnotateRequest.model_validate(data).texts
+            return AnnotateRequest.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise HttpError(422, f'{where}: {first["msg"]} (expected {{"texts": ["...", ...]}})') from None
+            raise HttpError(
+                422, f'{where}: {first["msg"]} (expected {{"texts": ["...", ...], "models": [...] optional}})'
+            ) from None
 
     def _limit(self, texts: list[str | None]) -> list[str | None]:
         s = self.cfg.serve
@@ -335,13 +351,21 @@ class Ingress:
                 raise HttpError(413, f"texts[{i}] has {len(t)} characters; serve.max_chars is {s.max_chars}")
         return texts
 
-    def _encode(self, texts: list[str | None], tasks: tuple[str, ...]) -> list[Encoded]:
-        docs = self.encoder.encode(texts)
-        if "classifier" not in tasks:
-            docs = [Encoded(ner=d.ner, error=d.error) for d in docs]
-        if "ner" not in tasks:
-            docs = [Encoded(cls=d.cls, error=d.error) for d in docs]
-        return docs
+    def _models(self, endpoint: str, asked: list[str] | None) -> list[str]:
+        """The models a request runs: the endpoint's kind, narrowed to the names it asks for."""
+        kind = ENDPOINT_KINDS[endpoint]
+        mine = [n for n, k in self.kinds.items() if kind is None or k == kind]
+        if asked is None:
+            if not mine:
+                raise HttpError(404, f"no {kind} model is configured")
+            return mine
+        unknown = [n for n in asked if n not in self.kinds]
+        if unknown:
+            raise HttpError(422, f"models: unknown model(s) {unknown}; configured: {sorted(self.kinds)}")
+        wrong = [n for n in asked if n not in mine]
+        if wrong:
+            raise HttpError(422, f"models: {wrong} are not {kind} models; use /v1/annotate")
+        return list(dict.fromkeys(asked))
 
     async def _infer(self, docs: list[Encoded]) -> list[Inferred]:
         from ray.serve.exceptions import BackPressureError

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipeline.columns import columns_to_encoded
 from pipeline.config import MODEL_DEPLOYMENT, ConfigError, PipelineConfig
-from pipeline.stages import mark_first_batch, report_infer, with_inferred
+from pipeline.stages import light_engine, mark_first_batch, report_infer, with_inferred
 
 log = logging.getLogger(__name__)
 BACKPRESSURE_WAIT_S = 600  # a nightly job waits out a busy day-time peak this long, then fails
@@ -40,12 +40,12 @@ def check_served_models(cfg: PipelineConfig, expected: dict[str, dict[str, str]]
             f"(pipeline serve CONFIG, or serve deploy jobs/serve.yaml; serve.app_name names it): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    for task, want in expected.items():
-        got = served.get(task)
+    for name, want in expected.items():
+        got = served.get(name)
         if got is None or got["revision"] != want["revision"]:
             have = f"{got['source']} ({got['revision']})" if got else "no such model"
             raise ConfigError(
-                f"the Serve app '{app}' serves {task} = {have}, but this job's config names "
+                f"the Serve app '{app}' serves {name} = {have}, but this job's config names "
                 f"{want['source']} ({want['revision']}): point both at the same model, or use "
                 "runtime.backend: actors"
             )
@@ -58,14 +58,15 @@ class ServeInfer:
         cfg = PipelineConfig.model_validate(config)
         self.handle = model_handle(cfg)
         self.chunk = cfg.serve.max_batch_size or cfg.runtime.batch_size
-        self.has = (cfg.models.classifier is not None, cfg.models.ner is not None)
+        light = light_engine(config)  # tokenizers and label maps: how the columns are laid out
+        self.models, self.group_of = light.models, light.encoder.group_of
         self.retry_s = cfg.serve.retry_after_s
         self.tally = tally
         self.started = False
 
     def __call__(self, table: pa.Table) -> pa.Table:
         self.started = mark_first_batch(self.tally, self.started)
-        docs = columns_to_encoded(table, *self.has)
+        docs = columns_to_encoded(table, self.group_of)
         chunks = [docs[i : i + self.chunk] for i in range(0, len(docs), self.chunk)]
         pending = {i: self.handle.run_batch.remote(c) for i, c in enumerate(chunks)}
         results: dict[int, list] = {}
@@ -84,7 +85,7 @@ class ServeInfer:
             del pending[i]
             results[i] = out
             report_infer(self.tally, counts)
-        return with_inferred(table, [r for i in range(len(chunks)) for r in results[i]])
+        return with_inferred(table, [r for i in range(len(chunks)) for r in results[i]], self.models)
 
 
 def _is_backpressure(exc: BaseException) -> bool:

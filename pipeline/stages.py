@@ -16,13 +16,13 @@ import pyarrow as pa
 
 from pipeline import heap
 from pipeline.columns import (
-    CLS_IDS,
     columns_to_encoded,
     columns_to_outputs,
-    decoded_to_columns,
     encoded_to_columns,
+    ids_only_columns,
     inferred_to_columns,
     internal_columns,
+    offset_groups,
     replace_columns,
 )
 from pipeline.config import PipelineConfig
@@ -43,16 +43,17 @@ def _cached(kind: str, config: dict[str, Any], build):
     return _cache[key]
 
 
-def _light(config: dict[str, Any]) -> Engine:
+def light_engine(config: dict[str, Any]) -> Engine:
     """Tokenizers and label maps only, built once per worker process and config."""
     return _cached("light", config, lambda cfg: Engine.build(cfg, weights=False))
 
 
 def encode_batch(table: pa.Table, *, config: dict[str, Any], text_column: str) -> pa.Table:
     """CPU task: tokenize the text column once per distinct tokenizer."""
-    encoder = _light(config).encoder
-    docs = encoder.encode(table.column(text_column).to_pylist())
-    out = replace_columns(table, encoded_to_columns(docs, encoder.shared))
+    light = light_engine(config)
+    docs = light.encoder.encode(table.column(text_column).to_pylist())
+    columns = encoded_to_columns(docs, light.encoder, offset_groups(light.encoder, light.models))
+    out = replace_columns(table, columns)
     heap.trim()
     return out
 
@@ -74,6 +75,7 @@ class InferActor:
             report(tally, {"cpu_fallback_actors": 1})
         built = Engine.build(cfg)
         self.models = built.models
+        self.group_of = built.encoder.group_of
         self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
         # what each model runs in on this actor (dtype auto may differ between nodes)
         report(tally, {f"{DTYPE_KEY}{task}:{lm.dtype}": 1 for task, lm in self.models.items()})
@@ -87,10 +89,10 @@ class InferActor:
     def __call__(self, table: pa.Table) -> pa.Table:
         self.started = mark_first_batch(self.tally, self.started)
         before = self.engine.stats()
-        docs = columns_to_encoded(table, "classifier" in self.models, "ner" in self.models)
+        docs = columns_to_encoded(table, self.group_of)
         results = self.engine.infer(docs)
         report_infer(self.tally, self.engine.stats().since(before))
-        return with_inferred(table, results)
+        return with_inferred(table, results, self.models)
 
 
 def mark_first_batch(tally: str | None, started: bool) -> bool:
@@ -113,10 +115,9 @@ def report_infer(tally: str | None, delta: dict[str, float]) -> None:
     )
 
 
-def with_inferred(table: pa.Table, results: list[Inferred]) -> pa.Table:
-    """The encoded batch plus model outputs, minus the classifier's own ids once used."""
-    drop = (CLS_IDS,) if CLS_IDS in table.column_names else ()
-    return replace_columns(table, inferred_to_columns(results), drop=drop)
+def with_inferred(table: pa.Table, results: list[Inferred], models: dict) -> pa.Table:
+    """The encoded batch plus model outputs, minus token ids that decoding does not read."""
+    return replace_columns(table, inferred_to_columns(results, models), drop=ids_only_columns(table))
 
 
 def decode_batch(
@@ -128,14 +129,12 @@ def decode_batch(
     metadata: str = "{}",
     tally: str | None = None,
 ) -> pa.Table:
-    """CPU task: logits -> label, label_score, entities, error; internal columns dropped."""
-    light = _light(config)
-    models, decoder = light.models, light.decoder
-    n_ner = len(models["ner"].id2label) if "ner" in models else None
+    """CPU task: model outputs -> every model's output columns and error; internal columns dropped."""
+    light = light_engine(config)
     texts = table.column(text_column).to_pylist()
-    decoded = decoder.decode_outputs(texts, columns_to_outputs(table, n_ner))
-    columns = decoded_to_columns(decoded, prefix, decoder.top_k)
-    out = replace_columns(table, columns, drop=internal_columns(table))
+    outputs = columns_to_outputs(table, light.models, light.encoder.group_of)
+    decoded = light.decoder.decode_outputs(texts, outputs)
+    out = replace_columns(table, decoded.to_columns(prefix), drop=internal_columns(table))
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = metadata.encode()
     report(tally, {"documents": len(texts), "errors": sum(e is not None for e in decoded.error)})

@@ -49,7 +49,7 @@ def test_one_megabyte_text_is_windowed_not_truncated(ann):
     (row,) = ann.annotate([text])
     assert row["error"] is None
     windows = ann.stats().sequences - before
-    n_tokens = len(ann.encoder.encode([text])[0].ner)
+    n_tokens = len(ann.encoder.encode([text])[0].streams["ner"])
     assert n_tokens > 200_000
     assert windows - 1 >= n_tokens / 510, "NER must cover every token in windows (plus 1 classifier window)"
     ents = row["entities"]

@@ -41,8 +41,8 @@ def test_stage_columns_round_trip_equals_annotator(tiny_models, cased_ner, corpu
     table = _ray_like_block(texts, pad=5)
     assert table.column("text").num_chunks == 2
     encoded = encode_batch(table, config=config, text_column="text")
-    docs = columns_to_encoded(encoded, "classifier" in ann.models, "ner" in ann.models)
-    inferred = with_inferred(encoded, ann.engine.infer(docs))
+    docs = columns_to_encoded(encoded, ann.encoder.group_of)
+    inferred = with_inferred(encoded, ann.engine.infer(docs), ann.models)
     out = decode_batch(inferred.slice(0), config=config, text_column="text", prefix="p_")
 
     assert out.column_names[:2] == ["id", "text"] and not internal_columns(out)

@@ -25,32 +25,35 @@ def test_windows_equal_hf_overflow(tok):
         max_len = rng.randint(4, 24)
         stride = rng.randint(0, max_len - 3)
         ref = tok(text, truncation=True, max_length=max_len, stride=stride, return_overflowing_tokens=True)
-        (doc,) = Encoder(tok, None, 10**6).encode([text])
-        spans = window_spans(len(doc.cls), max_len, stride, framing.n_special, first_only=False)
-        ours = [framing.frame(doc.cls.ids[s:e]).tolist() for s, e in spans]
+        (doc,) = Encoder({"m": tok}, 10**6).encode([text])
+        spans = window_spans(len(doc.streams["m"]), max_len, stride, framing.n_special, first_only=False)
+        ours = [framing.frame(doc.streams["m"].ids[s:e]).tolist() for s, e in spans]
         assert ours == ref["input_ids"], (text, max_len, stride)
 
 
 def test_first_only_is_hf_truncation(tok):
     text = "one two three four five six seven eight nine ten"
-    (doc,) = Encoder(tok, None, 10**6).encode([text])
+    (doc,) = Encoder({"m": tok}, 10**6).encode([text])
     framing = framing_of(tok)
-    ((s, e),) = window_spans(len(doc.cls), 6, 0, 2, first_only=True)
-    assert framing.frame(doc.cls.ids[s:e]).tolist() == tok(text, truncation=True, max_length=6)["input_ids"]
+    ((s, e),) = window_spans(len(doc.streams["m"]), 6, 0, 2, first_only=True)
+    assert (
+        framing.frame(doc.streams["m"].ids[s:e]).tolist()
+        == tok(text, truncation=True, max_length=6)["input_ids"]
+    )
 
 
 def test_offsets_index_the_original_string(tok, corpus):
-    for text, doc in zip(corpus, Encoder(tok, None, 10**6).encode(corpus), strict=True):
-        offs = doc.cls.offsets
+    for text, doc in zip(corpus, Encoder({"m": tok}, 10**6).encode(corpus), strict=True):
+        offs = doc.streams["m"].offsets
         assert (offs[:, 0] <= offs[:, 1]).all() and (offs[:, 1] <= len(text)).all()
-        tokens = tok.convert_ids_to_tokens(doc.cls.ids.tolist())
+        tokens = tok.convert_ids_to_tokens(doc.streams["m"].ids.tolist())
         for (a, b), t in zip(offs.tolist(), tokens, strict=True):
             piece = text[a:b]
             assert piece.strip() == piece and piece, (text, t, a, b)
 
 
 def test_empty_and_whitespace_have_no_tokens_but_one_window(tok):
-    docs = Encoder(tok, None, 10**6).encode(["", " \t\n", "\x00\x07"])
+    docs = Encoder({"m": tok}, 10**6).encode(["", " \t\n", "\x00\x07"])
     for d in docs:
-        assert d.error is None and len(d.cls) == 0
+        assert d.error is None and len(d.streams["m"]) == 0
         assert window_spans(0, 512, 128, 2, False).tolist() == [[0, 0]]

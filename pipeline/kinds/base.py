@@ -1,0 +1,121 @@
+"""What a model kind is: the one interface that encode, infer, decode, the stages, Serve and
+the int8 gate talk to, so that none of them names a kind.
+
+A kind owns how its model is loaded (the transformers Auto class), how a long document is
+cut into windows and the window results reduced to one per document, how outputs cross
+Ray Data as Arrow columns, how they are decoded with Hugging Face pipelines' semantics, and
+which output columns (and online fields) it adds. `pipeline.kinds` registers the kinds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelSpec
+    from pipeline.encode import Framing, Tokens
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """fp32 softmax over the last axis, row max subtracted (as HF does)."""
+    x = x.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float32, copy=False)))
+
+
+class KindBatch(ABC):
+    """One model's outputs for a batch of documents, as the decoder reads them."""
+
+    @abstractmethod
+    def doc(self, i: int) -> KindBatch:
+        """Document i alone (to isolate a decode failure to its own row)."""
+
+
+class KindDecoded(ABC):
+    """One model's decoded results for a batch, by role (e.g. label, score, entities)."""
+
+    @abstractmethod
+    def values(self, role: str) -> list[Any]:
+        """Python values of one role, one per document (None where the model gave nothing)."""
+
+    def array(self, role: str, type_: pa.DataType) -> pa.Array:
+        """The role as an Arrow column (kinds override this where building dicts is slow)."""
+        return pa.array(self.values(role), type_)
+
+
+class Listed(KindDecoded):
+    """Decoded results already as Python lists (joined from per-document parts)."""
+
+    def __init__(self, lists: dict[str, list[Any]]) -> None:
+        self.lists = lists
+
+    def values(self, role: str) -> list[Any]:
+        return self.lists[role]
+
+
+class KindDecoder(ABC):
+    @abstractmethod
+    def decode(self, texts: Sequence[object], batch: KindBatch, ok: np.ndarray) -> KindDecoded:
+        """Decode a batch; documents where `ok` is False get None in every role."""
+
+
+class Kind(ABC):
+    """A model kind; one instance per kind, registered in `pipeline.kinds.KINDS`."""
+
+    name: str  # the `kind:` value in a config
+    default_name: str  # the model name that needs no `kind:` and keeps the short column names
+    needs_offsets: bool  # the decoder reads character offsets of the model's token stream
+    gate: tuple[str, float]  # int8 quality gate: agreement metric (pipeline.agreement) and floor
+
+    @abstractmethod
+    def auto_class(self) -> Any:
+        """The transformers Auto class that loads this kind's weights."""
+
+    @abstractmethod
+    def first_window_only(self, spec: ModelSpec) -> bool:
+        """Window policy: True when only a document's first window is run (truncation)."""
+
+    @abstractmethod
+    def reduce(self, logits: list[np.ndarray], spans: np.ndarray, framing: Framing) -> Any:
+        """A document's window logits -> its one result (travels to decode)."""
+
+    @abstractmethod
+    def roles(self, spec: ModelSpec | None) -> list[tuple[str, pa.DataType]]:
+        """Output roles and their Arrow types (spec None: the model is not configured)."""
+
+    @abstractmethod
+    def default_columns(self) -> dict[str, str]:
+        """Column names of the roles for `default_name` (other names: `{name}_{role}`)."""
+
+    @abstractmethod
+    def decoder(self, lm: Any) -> KindDecoder: ...
+
+    # -- transport between stages -------------------------------------------------------
+    @abstractmethod
+    def to_columns(self, key: str, results: list[Any | None]) -> dict[str, pa.Array]:
+        """Per-document results -> internal Arrow columns named from `key`."""
+
+    @abstractmethod
+    def from_columns(
+        self, key: str, table: pa.Table, stream: tuple[str, str | None], n_labels: int
+    ) -> KindBatch:
+        """Internal columns (and the token stream's ids/offsets columns) -> a batch."""
+
+    @abstractmethod
+    def from_results(
+        self, results: list[Any | None], streams: list[Tokens | None], n_labels: int
+    ) -> KindBatch:
+        """Per-document results (the in-process and online path) -> a batch."""
+
+    @abstractmethod
+    def agreement_view(self, row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+        """This model's fields of a result row under the default names (what agreement reads)."""

@@ -1,0 +1,162 @@
+"""Sequence classification: one label and score per document (and the top k labels), with
+`TextClassificationPipeline.postprocess` semantics.
+
+Windows: the first only (`long_text: truncate`, what HF does), or every window and the mean
+of their logits (`long_text: mean`). Output roles: label, score, and labels with top_k; the
+model named `classifier` keeps the columns `label`, `label_score`, `labels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, sigmoid, softmax
+
+if TYPE_CHECKING:
+    from pipeline.config import ClassifierSpec, ModelSpec
+    from pipeline.encode import Framing, Tokens
+
+TOP_LABEL = pa.struct([("label", pa.string()), ("score", pa.float32())])
+
+
+def scoring_function(config: Any, requested: str) -> str:
+    """softmax | sigmoid | none, decided exactly as TextClassificationPipeline decides."""
+    if requested != "default":
+        return requested
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+@dataclass
+class ClassBatch(KindBatch):
+    logits: np.ndarray | None  # [N, C]; rows where valid is False are arbitrary
+    valid: np.ndarray  # bool [N]
+
+    def doc(self, i: int) -> ClassBatch:
+        logits = self.logits[i : i + 1] if self.logits is not None else None
+        return ClassBatch(logits, self.valid[i : i + 1])
+
+
+@dataclass
+class ClassDecoded(KindDecoded):
+    label: list[str | None]
+    score: list[float | None]
+    labels: list[list[dict] | None] | None  # only with top_k
+
+    def values(self, role: str) -> list[Any]:
+        return {"label": self.label, "score": self.score, "labels": self.labels}[role]  # type: ignore[return-value]
+
+
+class ClassDecoder(KindDecoder):
+    """Document logits -> (label, score, top_k list)."""
+
+    def __init__(self, lm: Any) -> None:
+        spec: ClassifierSpec = lm.spec
+        self.labels = [lm.id2label[i] for i in range(len(lm.id2label))]
+        self.function = scoring_function(lm.config, spec.function_to_apply)
+        self.top_k = spec.top_k
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        if self.function == "softmax":
+            return softmax(logits)
+        if self.function == "sigmoid":
+            return sigmoid(logits)
+        return logits.astype(np.float32, copy=False)
+
+    def decode_many(self, logits: np.ndarray) -> tuple[list[str], np.ndarray, list[list[dict]] | None]:
+        """[N, C] logits -> labels, scores (float32) and, with top_k, the top labels of each."""
+        s = self.scores(logits)
+        best = s.argmax(axis=1)
+        score = s[np.arange(len(best)), best]
+        top = None
+        if self.top_k:
+            order = np.argsort(-s, axis=1, kind="stable")[:, : self.top_k]  # stable, like HF
+            top = [
+                [{"label": self.labels[i], "score": float(row[i])} for i in o]
+                for row, o in zip(s, order, strict=True)
+            ]
+        return [self.labels[i] for i in best], score, top
+
+    def decode(self, texts: Sequence[object], batch: KindBatch, ok: np.ndarray) -> ClassDecoded:
+        assert isinstance(batch, ClassBatch)
+        n = len(ok)
+        label: list[str | None] = [None] * n
+        score: list[float | None] = [None] * n
+        labels: list[list[dict] | None] | None = [None] * n if self.top_k else None
+        have = np.flatnonzero(ok & batch.valid)
+        if batch.logits is not None and len(have):
+            names, scores, top = self.decode_many(batch.logits[have])
+            for k, i in enumerate(have.tolist()):
+                label[i], score[i] = names[k], float(scores[k])
+                if labels is not None and top is not None:
+                    labels[i] = top[k]
+        return ClassDecoded(label, score, labels)
+
+
+class Classification(Kind):
+    name = "classification"
+    default_name = "classifier"
+    needs_offsets = False
+    gate = ("label_agreement", 0.99)
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def first_window_only(self, spec: ModelSpec) -> bool:
+        return spec.long_text == "truncate"  # type: ignore[attr-defined]
+
+    def reduce(self, logits: list[np.ndarray], spans: np.ndarray, framing: Framing) -> np.ndarray:
+        return logits[0] if len(logits) == 1 else np.mean(np.stack(logits), axis=0)
+
+    def roles(self, spec: ModelSpec | None) -> list[tuple[str, pa.DataType]]:
+        roles = [("label", pa.string()), ("score", pa.float32())]
+        if spec is not None and spec.top_k:  # type: ignore[attr-defined]
+            roles.append(("labels", pa.list_(TOP_LABEL)))
+        return roles
+
+    def default_columns(self) -> dict[str, str]:
+        return {"label": "label", "score": "label_score", "labels": "labels"}
+
+    def decoder(self, lm: Any) -> ClassDecoder:
+        return ClassDecoder(lm)
+
+    def to_columns(self, key: str, results: list[Any | None]) -> dict[str, pa.Array]:
+        from pipeline.columns import to_list_array
+
+        return {f"{key}logits": to_list_array(results, pa.float32())}
+
+    def from_columns(
+        self, key: str, table: pa.Table, stream: tuple[str, str | None], n_labels: int
+    ) -> ClassBatch:
+        from pipeline.columns import flat_list
+
+        n = table.num_rows
+        values, offs, valid = flat_list(table.column(f"{key}logits"))
+        logits = None
+        if valid.any():
+            logits = np.zeros((n, n_labels), np.float32)
+            logits[valid] = values.reshape(-1, n_labels)
+        return ClassBatch(logits, valid)
+
+    def from_results(
+        self, results: list[Any | None], streams: list[Tokens | None], n_labels: int
+    ) -> ClassBatch:
+        valid = np.array([r is not None for r in results], dtype=bool)
+        logits = None
+        if valid.any():
+            logits = np.stack([r if r is not None else np.zeros(n_labels, np.float32) for r in results])
+        return ClassBatch(logits, valid)
+
+    def agreement_view(self, row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+        return {"label": row.get(columns["label"]), "label_score": row.get(columns["score"])}
