@@ -404,6 +404,61 @@ TOPIC_TEMPLATES = {
 }
 
 
+# The second demo classifier (examples/multi.yaml): the tone of a news sentence. Only entity
+# slots, so the same names and places as the topic documents fill them.
+SENTIMENTS = ["negative", "neutral", "positive"]
+SENTIMENT_TEMPLATES = {
+    "negative": [
+        "Shares of {ORG} fell 5 percent after weak results.",
+        "{ORG} will cut 2,000 jobs after a disappointing year.",
+        "{PER} will miss the final with a serious knee injury.",
+        "Fighting in {LOC} killed dozens of civilians.",
+        "A data breach at {ORG} exposed the passwords of millions of users.",
+        "{ORG} sacked their coach after a humiliating defeat.",
+        "The peace talks in {LOC} collapsed amid bitter accusations.",
+        "Floods destroyed hundreds of homes in {LOC}.",
+        "{PER} was arrested on charges of fraud.",
+        "Critics slammed {ORG} for the failed product launch.",
+        "Prices soared and families in {LOC} struggled to pay for food.",
+        "Hackers crippled the network of {ORG}, causing chaos for customers.",
+        "The strike in {LOC} left thousands of commuters stranded.",
+        "{PER} lost badly and apologised to the angry fans.",
+    ],
+    "neutral": [
+        "{PER} arrived in {LOC} on Tuesday.",
+        "{ORG} will publish its quarterly report next week.",
+        "The meeting in {LOC} is scheduled for Friday.",
+        "{PER} is the chief executive of {ORG}.",
+        "The conference will take place in {LOC} in May.",
+        "{ORG} said the study will run for three years.",
+        "Ministers from {LOC} and {LOC} met to discuss trade.",
+        "The election will be held next spring.",
+        "{PER} gave a speech at the university in {LOC}.",
+        "The satellite will study the atmosphere of a distant planet.",
+        "{ORG} moved its headquarters to {LOC}.",
+        "The report was released on Monday.",
+        "{PER} will travel to {LOC} for the summit.",
+        "{ORG} employs about 4,000 people in {LOC}.",
+    ],
+    "positive": [
+        "{ORG} reported record profits and raised its forecast.",
+        "Fans celebrated in {LOC} after {ORG} won the final.",
+        "{PER} praised the excellent work of the rescue teams.",
+        "Shares of {ORG} jumped 8 percent after strong results.",
+        "The new treatment helped thousands of patients recover.",
+        "{PER} won the title after a brilliant performance.",
+        "Investors welcomed the deal between {ORG} and {ORG}.",
+        "The peace agreement in {LOC} was hailed as a historic success.",
+        "{ORG} will hire 3,000 workers in {LOC}.",
+        "Scientists at {ORG} made a remarkable breakthrough.",
+        "Crowds cheered as {PER} opened the new hospital in {LOC}.",
+        "The festival in {LOC} was a wonderful success.",
+        "{PER} thanked the volunteers for their generous help.",
+        "Exports from {LOC} grew strongly, lifting hopes of a recovery.",
+    ],
+}
+
+
 @dataclass(frozen=True)
 class NerExample:
     text: str
@@ -537,4 +592,15 @@ def topic_examples(templates: dict[str, list[str]], n: int, fillers: Fillers) ->
             text += part.text
             spans += [(a + shift, b + shift, t) for a, b, t in part.spans]
         docs.append((NerExample(text, tuple(spans)), label))
+    return docs
+
+
+def labeled_examples(
+    templates: dict[str, list[str]], labels: list[str], n: int, fillers: Fillers
+) -> list[tuple[NerExample, int]]:
+    """Single-sentence documents from labeled templates (the sentiment demo classifier)."""
+    docs = []
+    for _ in range(n):
+        label = fillers.rng.randrange(len(labels))
+        docs.append((fill(fillers.rng.choice(templates[labels[label]]), fillers), label))
     return docs

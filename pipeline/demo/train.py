@@ -1,4 +1,5 @@
-"""Fine-tune the pretrained MiniLM-L6 encoder into the demo topic classifier and NER model.
+"""Fine-tune the pretrained MiniLM-L6 encoder into the demo models: a topic classifier, an NER
+model and a sentiment classifier (the second classifier of examples/multi.yaml).
 
 Small, deterministic and CPU-friendly: short sequences in length-sorted batches, frozen
 embeddings and lower layers, 240 AdamW steps in all. Measured alone on a 2-core VM: 113 s
@@ -22,16 +23,20 @@ from pipeline.agreement import entity_f1, spans
 from pipeline.demo.corpus import (
     NER_LABELS,
     NER_TEMPLATES,
+    SENTIMENT_TEMPLATES,
+    SENTIMENTS,
     TOPIC_TEMPLATES,
     TOPICS,
     Fillers,
     NerExample,
+    labeled_examples,
     ner_examples,
     split_templates,
     topic_examples,
 )
 
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
+MODELS = ("classifier", "ner", "sentiment")
 
 
 def _token_labels(tokenizer, examples: list[NerExample], max_length: int):
@@ -128,6 +133,7 @@ def build(
     *,
     ner_steps: int = 200,
     cls_steps: int = 40,
+    sentiment_steps: int = 30,
     batch_size: int = 24,
     frozen_layers: int = 2,
     max_length: int = 64,
@@ -136,13 +142,9 @@ def build(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build (or reuse) out/classifier and out/ner; return metrics on held-out templates."""
+    """Build (or reuse) out/classifier, out/ner and out/sentiment; return metrics on held-out templates."""
     import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from pipeline.demo.random_models import minilm_dir
@@ -151,6 +153,7 @@ def build(
         "version": RECIPE_VERSION,
         "ner_steps": ner_steps,
         "cls_steps": cls_steps,
+        "sentiment_steps": sentiment_steps,
         "batch_size": batch_size,
         "frozen_layers": frozen_layers,
         "max_length": max_length,
@@ -160,7 +163,7 @@ def build(
     stamp = out / "build.json"
     if stamp.exists():
         built = json.loads(stamp.read_text())
-        if built.get("recipe") == recipe and (out / "classifier").is_dir() and (out / "ner").is_dir():
+        if built.get("recipe") == recipe and all((out / m).is_dir() for m in MODELS):
             echo(f"demo models already built in {out} (held-out metrics: {built['metrics']})")
             return built["metrics"]
     hf_logging.disable_progress_bar()
@@ -189,6 +192,11 @@ def build(
         )
     ]
     ner_test = ner_examples(ner_test_t, 400, fillers)
+    tone_split = {t: split_templates(v, 0.25, seed) for t, v in SENTIMENT_TEMPLATES.items()}
+    tone_train = labeled_examples(
+        {t: s[0] for t, s in tone_split.items()}, SENTIMENTS, sentiment_steps * batch_size // 2, fillers
+    )
+    tone_test = labeled_examples({t: s[1] for t, s in tone_split.items()}, SENTIMENTS, 300, fillers)
 
     # NER
     ids, labels = _token_labels(tokenizer, ner_train, max_length)
@@ -204,42 +212,90 @@ def build(
     model.save_pretrained(out / "ner")
     tokenizer.save_pretrained(out / "ner")
 
-    # topic classifier
-    enc = tokenizer([d.text for d, _ in cls_train], truncation=True, max_length=max_length)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base),
-        num_labels=len(TOPICS),
-        id2label=dict(enumerate(TOPICS)),
-        label2id={lab: i for i, lab in enumerate(TOPICS)},
-    )
-    cls_loss = _train(
-        model,
-        _batches(enc["input_ids"], [y for _, y in cls_train], batch_size, rng, False),
+    cls_loss = _classifier(
+        out / "classifier",
+        base,
+        tokenizer,
+        cls_train,
+        TOPICS,
         cls_steps,
-        lr,
         "topic classifier",
+        rng,
+        recipe,
         progress,
-        frozen_layers,
     )
-    model.save_pretrained(out / "classifier")
-    tokenizer.save_pretrained(out / "classifier")
+    tone_loss = _classifier(
+        out / "sentiment",
+        base,
+        tokenizer,
+        tone_train,
+        SENTIMENTS,
+        sentiment_steps,
+        "sentiment",
+        rng,
+        recipe,
+        progress,
+    )
 
-    metrics = evaluate(out, ner_test, cls_test)
+    metrics = evaluate(out, ner_test, cls_test, tone_test)
     metrics.update(
         build_s=round(time.time() - started, 1),
         ner_final_loss=round(ner_loss, 4),
         cls_final_loss=round(cls_loss, 4),
+        sentiment_final_loss=round(tone_loss, 4),
     )
     stamp.write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=2))
     echo(
         f"built demo models in {out} in {metrics['build_s']}s; held-out: topic accuracy "
-        f"{metrics['topic_accuracy']:.1%}, entity F1 {metrics['entity']['f1']:.1%}"
+        f"{metrics['topic_accuracy']:.1%}, entity F1 {metrics['entity']['f1']:.1%}, "
+        f"sentiment accuracy {metrics['sentiment_accuracy']:.1%}"
     )
     return metrics
 
 
-def evaluate(out: Path, ner_test: list[NerExample], cls_test: list[tuple[NerExample, int]]) -> dict[str, Any]:
-    """Held-out scores through the product's own Annotator."""
+def _classifier(
+    target: Path,
+    base: Path,
+    tokenizer: Any,
+    examples: list[tuple[NerExample, int]],
+    labels: list[str],
+    steps: int,
+    desc: str,
+    rng: random.Random,
+    recipe: dict[str, Any],
+    progress: bool,
+) -> float:
+    """Fine-tune one sequence classifier and save it (weights + tokenizer) in `target`."""
+    from transformers import AutoModelForSequenceClassification
+
+    enc = tokenizer([d.text for d, _ in examples], truncation=True, max_length=recipe["max_length"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={lab: i for i, lab in enumerate(labels)},
+    )
+    loss = _train(
+        model,
+        _batches(enc["input_ids"], [y for _, y in examples], recipe["batch_size"], rng, False),
+        steps,
+        recipe["lr"],
+        desc,
+        progress,
+        recipe["frozen_layers"],
+    )
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return loss
+
+
+def evaluate(
+    out: Path,
+    ner_test: list[NerExample],
+    cls_test: list[tuple[NerExample, int]],
+    tone_test: list[tuple[NerExample, int]],
+) -> dict[str, Any]:
+    """Held-out scores through the product's own Annotator (three named models, one pass each)."""
     from pipeline import Annotator, PipelineConfig
 
     cfg = PipelineConfig.from_dict(
@@ -247,6 +303,7 @@ def evaluate(out: Path, ner_test: list[NerExample], cls_test: list[tuple[NerExam
             "models": {
                 "classifier": {"source": str(out / "classifier")},
                 "ner": {"source": str(out / "ner"), "aggregation": "first"},
+                "sentiment": {"kind": "classification", "source": str(out / "sentiment")},
             },
             "runtime": {"dtype": "fp32"},
         }
@@ -254,10 +311,17 @@ def evaluate(out: Path, ner_test: list[NerExample], cls_test: list[tuple[NerExam
     ann = Annotator(cfg)
     rows = ann.annotate([d.text for d, _ in cls_test])
     accuracy = sum(r["label"] == TOPICS[y] for r, (_, y) in zip(rows, cls_test, strict=True)) / len(cls_test)
+    rows = ann.annotate([d.text for d, _ in tone_test])
+    tone = sum(r["sentiment_label"] == SENTIMENTS[y] for r, (_, y) in zip(rows, tone_test, strict=True))
     rows = ann.annotate([e.text for e in ner_test])
     gold = [{(s, e, k) for s, e, k in ex.spans} for ex in ner_test]
     return {
         "topic_accuracy": round(accuracy, 4),
+        "sentiment_accuracy": round(tone / len(tone_test), 4),
         "entity": entity_f1(gold, spans(rows)),
-        "held_out": {"topic_docs": len(cls_test), "ner_sentences": len(ner_test)},
+        "held_out": {
+            "topic_docs": len(cls_test),
+            "sentiment_docs": len(tone_test),
+            "ner_sentences": len(ner_test),
+        },
     }
