@@ -87,7 +87,7 @@ def run(
     if not pub.written():
         ensure_ray(address or cfg.ray.address)
         if cfg.runtime.backend == "serve":  # before any work: the app must hold these very models
-            from pipeline.serve_backend import check_served_models
+            from pipeline.infer_stage import check_served_models
 
             check_served_models(cfg, meta["models"])
         if cfg.input.check_unique_ids:
@@ -161,8 +161,9 @@ def build_dataset(
     """
     import ray.data
 
+    from pipeline.infer_stage import infer_stage
     from pipeline.reader import ParquetDocs, plan_units
-    from pipeline.stages import InferActor, decode_batch, encode_batch
+    from pipeline.stages import decode_batch, encode_batch
 
     assert cfg.input is not None
     r = cfg.ray
@@ -184,26 +185,16 @@ def build_dataset(
         compute=ray.data.TaskPoolStrategy(size=tasks),  # same cap as the read: the two fuse
         fn_kwargs={"config": conf, "text_column": text},
     )
-    if cfg.runtime.backend == "serve":  # the running Serve app's Model deployment does the work
-        from pipeline.serve_backend import ServeInfer
-
-        infer, cpus, gpus, resources = ServeInfer, r.cpus_per_task, None, None
-    else:
-        infer, cpus, gpus, resources = (
-            InferActor,
-            r.cpus_per_actor,
-            r.gpus_per_actor or None,
-            r.infer_resources,
-        )
+    stage = infer_stage(cfg)
     low, high = r.actor_pool()
     ds = ds.map_batches(
-        infer,
+        stage["fn"],
         batch_format="pyarrow",
         batch_size=r.docs_per_batch,
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-        num_cpus=cpus,
-        num_gpus=gpus,
-        resources=resources or None,
+        num_cpus=stage["num_cpus"],
+        num_gpus=stage["num_gpus"],
+        resources=stage["resources"],
         fn_constructor_kwargs={"config": conf, "tally": tally},
     )
     return ds.map_batches(

@@ -63,20 +63,31 @@ def _show_rows(cfg: PipelineConfig, report: dict, n: int) -> None:
         return
     with fs.open_input_file(files[0]) as f:
         rows = pq.read_table(f).slice(0, n).to_pylist()
+    from pipeline.kinds import slots
+
     text_col, prefix = cfg.input.text_column, cfg.output.prefix  # type: ignore[union-attr]
+    shown = [slot for slot in slots(cfg.models) if slot.spec is not None]
     print(f"\nfirst {len(rows)} rows of {files[0]}:")
     for row in rows:
         text = (row.get(text_col) or "").replace("\n", " ")
-        ents = row.get(f"{prefix}entities") or []
-        shown = ", ".join(f"{e['text']}/{e['label']}" for e in ents[:6]) + (" ..." if len(ents) > 6 else "")
-        score = row.get(f"{prefix}label_score")
         print(f"- {text[:90]!r}{'...' if len(text) > 90 else ''}")
-        print(
-            f"    label={row.get(f'{prefix}label')}"
-            + (f" ({score:.2f})" if score is not None else "")
-            + f"  entities=[{shown}]"
-            + (f"  error={row[f'{prefix}error']}" if row.get(f"{prefix}error") else "")
-        )
+        parts = [_shown(slot, row, prefix) for slot in shown]
+        if row.get(f"{prefix}error"):
+            parts.append(f"error={row[f'{prefix}error']}")
+        print("    " + "  ".join(parts))
+
+
+def _shown(slot, row: dict, prefix: str) -> str:
+    """One model's answer for a row, short: `label=world (0.93)` or `entities=[Paris/LOC, ...]`."""
+    cols = {role: f"{prefix}{col}" for role, col in slot.columns.items()}
+    if "entities" in cols:
+        ents = row.get(cols["entities"]) or []
+        listed = ", ".join(f"{e['text']}/{e['label']}" for e in ents[:6]) + (" ..." if len(ents) > 6 else "")
+        return f"{slot.columns['entities']}=[{listed}]"
+    score = row.get(cols["score"])
+    return f"{slot.columns['label']}={row.get(cols['label'])}" + (
+        f" ({score:.2f})" if score is not None else ""
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -214,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = models.add_parser(
         "demo",
-        help="fine-tune the offline demo topic classifier + NER model (about 2 minutes on 2 CPU cores)",
+        help="fine-tune the offline demo models: topic classifier, NER, sentiment (about 2.5 minutes on 2 CPU cores)",
     )
     p.add_argument("--out", default="models/demo")
     p.add_argument("--quick", action="store_true", help="fewer training steps (tests)")

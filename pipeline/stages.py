@@ -1,22 +1,19 @@
-"""The three Ray Data stages of the batch job, as thin Arrow adapters over encode/infer/decode.
+"""The batch job's CPU stages, as thin Arrow adapters over encode and decode.
 
-Encode and decode run as CPU tasks (tokenizer and labels only, cached per worker process);
-infer runs in a fixed pool of actors that hold the weights. All three call the same code
-as `Annotator`, so batch output equals in-process output.
+Encode and decode run as CPU tasks (tokenizers and label maps only, cached per worker
+process); `with_inferred` puts an infer stage's results (pipeline.infer_stage) into the
+block. All call the same code as `Annotator`, so batch output equals in-process output.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline import heap
 from pipeline.columns import (
-    columns_to_encoded,
     columns_to_outputs,
     encoded_to_columns,
     ids_only_columns,
@@ -27,8 +24,8 @@ from pipeline.columns import (
 )
 from pipeline.config import PipelineConfig
 from pipeline.engine import Engine
-from pipeline.infer import InferenceEngine, Inferred
-from pipeline.tally import DTYPE_KEY, report
+from pipeline.infer import Inferred
+from pipeline.tally import report
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"bert_pipeline"
@@ -56,63 +53,6 @@ def encode_batch(table: pa.Table, *, config: dict[str, Any], text_column: str) -
     out = replace_columns(table, columns)
     heap.trim()
     return out
-
-
-class InferActor:
-    """GPU (or CPU) actor: holds the weights and runs the shared ModelRunner over each batch."""
-
-    def __init__(self, config: dict[str, Any], tally: str | None = None) -> None:
-        import ray
-        import torch
-
-        cfg = PipelineConfig.model_validate(config)
-        if cfg.runtime.num_threads:
-            torch.set_num_threads(cfg.runtime.num_threads)
-        self.tally = tally
-        self.started = False
-        if ray.get_gpu_ids() and not torch.cuda.is_available():
-            log.warning("this actor was given a GPU but CUDA is not available here; running on CPU")
-            report(tally, {"cpu_fallback_actors": 1})
-        built = Engine.build(cfg)
-        self.models = built.models
-        self.group_of = built.encoder.group_of
-        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
-        # what each model runs in on this actor (dtype auto may differ between nodes)
-        report(tally, {f"{DTYPE_KEY}{task}:{lm.dtype}": 1 for task, lm in self.models.items()})
-        log.info(
-            "inference actor ready on %s (%s; pid %d)",
-            next(iter(self.engine.runners.values())).device,
-            ", ".join(f"{task} {lm.dtype}" for task, lm in self.models.items()),
-            os.getpid(),
-        )
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        self.started = mark_first_batch(self.tally, self.started)
-        before = self.engine.stats()
-        docs = columns_to_encoded(table, self.group_of)
-        results = self.engine.infer(docs)
-        report_infer(self.tally, self.engine.stats().since(before))
-        return with_inferred(table, results, self.models)
-
-
-def mark_first_batch(tally: str | None, started: bool) -> bool:
-    """Tell the run's tally when the model got its first batch (start-up time in the report)."""
-    if tally and not started:
-        report(tally, {"first_infer_at": time.time()})
-    return True
-
-
-def report_infer(tally: str | None, delta: dict[str, float]) -> None:
-    report(
-        tally,
-        {
-            "windows": delta["sequences"],
-            "tokens": delta["real_tokens"],
-            "padded_tokens": delta["padded_tokens"],
-            "forward_s": delta["forward_s"],
-            "oom_splits": delta["oom_splits"],
-        },
-    )
 
 
 def with_inferred(table: pa.Table, results: list[Inferred], models: dict) -> pa.Table:

@@ -245,7 +245,7 @@ def test_batch_job_waits_out_a_full_model_deployment_and_loses_nothing(guarded, 
     Serve's BackPressureError, wait retry_after_s and are sent again; every row comes back."""
     import pyarrow as pa
 
-    from pipeline.serve_backend import ServeInfer
+    from pipeline.infer_stage import ServeInfer
     from pipeline.stages import decode_batch, encode_batch
 
     cfg = tiny_config(*tiny_models)
@@ -253,7 +253,7 @@ def test_batch_job_waits_out_a_full_model_deployment_and_loses_nothing(guarded, 
     conf = PipelineConfig.from_dict(cfg).for_workers()
     texts = [f"Angela Merkel met Tim Cook in Berlin on day {i}." for i in range(40)]
     table = encode_batch(pa.table({"id": list(range(40)), "text": texts}), config=conf, text_column="text")
-    with caplog.at_level("INFO", logger="pipeline.serve_backend"):
+    with caplog.at_level("INFO", logger="pipeline.infer_stage"):
         inferred = ServeInfer(conf)(table)  # 20 chunks at once against 2 running + 2 queued
     retries = [r for r in caplog.records if "deployment is full" in r.getMessage()]
     assert retries, "the deployment never pushed back: the test did not test backpressure"
