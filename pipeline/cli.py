@@ -129,7 +129,7 @@ def cmd_models_random(args: argparse.Namespace) -> int:
 def cmd_models_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import build
 
-    kwargs = {"ner_steps": 80, "cls_steps": 20} if args.quick else {}
+    kwargs = {"ner_steps": 80, "cls_steps": 20, "sentiment_steps": 30} if args.quick else {}
     metrics = build(Path(args.out), progress=not args.no_progress, **kwargs)
     print(json.dumps(metrics))
     return 0

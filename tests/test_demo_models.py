@@ -59,10 +59,13 @@ HAND_WRITTEN_TOPICS = [
 ]
 
 
+REDUCED = {"ner_steps": 80, "cls_steps": 20, "sentiment_steps": 20}
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "models"
-    metrics = build(out, ner_steps=80, cls_steps=20, progress=False, echo=print)  # reduced build for CI time
+    metrics = build(out, **REDUCED, progress=False, echo=print)  # reduced build for CI time
     print("reduced demo build:", json.dumps(metrics))
     return out
 
@@ -85,10 +88,16 @@ def test_build_is_cached_and_reports_held_out_scores(demo_dir):
     stamp = json.loads((demo_dir / "build.json").read_text())
     assert stamp["metrics"]["topic_accuracy"] >= 0.8
     assert stamp["metrics"]["entity"]["f1"] >= 0.6
+    assert stamp["metrics"]["sentiment_accuracy"] >= 0.6, "three classes: chance is 0.33"
     assert (demo_dir / "ner" / "model.safetensors").exists() and (
         demo_dir / "classifier" / "config.json"
     ).exists()
-    again = build(demo_dir, ner_steps=80, cls_steps=20, progress=False, echo=lambda s: None)
+    assert json.loads((demo_dir / "sentiment" / "config.json").read_text())["id2label"] == {
+        "0": "negative",
+        "1": "neutral",
+        "2": "positive",
+    }
+    again = build(demo_dir, **REDUCED, progress=False, echo=lambda s: None)
     assert again == stamp["metrics"], "the second call reuses the build"
 
 

@@ -404,57 +404,84 @@ TOPIC_TEMPLATES = {
 }
 
 
-# The second demo classifier (examples/multi.yaml): the tone of a news sentence. Only entity
-# slots, so the same names and places as the topic documents fill them.
+# The second demo classifier (examples/multi.yaml): the tone of a news sentence. Entity slots
+# take the same names and places as the topic documents; word slots swap the words that carry
+# the tone, so the model learns the words, not the sentence shapes.
 SENTIMENTS = ["negative", "neutral", "positive"]
+SENTIMENT_VOCAB = {
+    "negative": {
+        "adj": ["weak", "poor", "disappointing", "dismal", "terrible", "awful", "worrying"],
+        "move": ["fell", "slumped", "plunged", "dropped", "tumbled", "sank"],
+        "judge": ["criticised", "condemned", "slammed", "attacked", "blamed"],
+        "event": ["failure", "disaster", "crisis", "scandal", "collapse", "setback", "loss"],
+    },
+    "neutral": {
+        "adj": ["quarterly", "annual", "regular", "scheduled", "new", "final"],
+        "move": ["was unchanged", "held steady", "was flat", "stayed level"],
+        "judge": ["discussed", "reviewed", "described", "announced", "mentioned"],
+        "event": ["meeting", "report", "statement", "visit", "conference", "review"],
+    },
+    "positive": {
+        "adj": ["record", "strong", "excellent", "impressive", "remarkable", "brilliant", "healthy"],
+        "move": ["rose", "jumped", "soared", "climbed", "surged", "rallied"],
+        "judge": ["praised", "celebrated", "welcomed", "applauded", "hailed"],
+        "event": ["success", "triumph", "breakthrough", "victory", "recovery", "win"],
+    },
+}
 SENTIMENT_TEMPLATES = {
     "negative": [
-        "Shares of {ORG} fell 5 percent after weak results.",
-        "{ORG} will cut 2,000 jobs after a disappointing year.",
-        "{PER} will miss the final with a serious knee injury.",
+        "Shares of {ORG} {move} after {adj} results.",
+        "{ORG} will cut 2,000 jobs after a {adj} year.",
+        "{PER} will miss the final with a serious injury.",
         "Fighting in {LOC} killed dozens of civilians.",
         "A data breach at {ORG} exposed the passwords of millions of users.",
         "{ORG} sacked their coach after a humiliating defeat.",
-        "The peace talks in {LOC} collapsed amid bitter accusations.",
+        "Critics {judge} {ORG} for the {event} of its new product.",
         "Floods destroyed hundreds of homes in {LOC}.",
         "{PER} was arrested on charges of fraud.",
-        "Critics slammed {ORG} for the failed product launch.",
         "Prices soared and families in {LOC} struggled to pay for food.",
-        "Hackers crippled the network of {ORG}, causing chaos for customers.",
-        "The strike in {LOC} left thousands of commuters stranded.",
-        "{PER} lost badly and apologised to the angry fans.",
+        "The {event} at {ORG} left thousands of customers angry.",
+        "{PER} called the season a {event}.",
+        "Sales at {ORG} were {adj} and profits {move}.",
+        "The company reported a {adj} {event} and warned of more job losses.",
+        "Investors fear a {event} as exports from {LOC} {move}.",
+        "{PER} {judge} the {adj} response to the {event}.",
     ],
     "neutral": [
         "{PER} arrived in {LOC} on Tuesday.",
-        "{ORG} will publish its quarterly report next week.",
-        "The meeting in {LOC} is scheduled for Friday.",
+        "{ORG} will publish its {adj} {event} next week.",
+        "The {event} in {LOC} is scheduled for Friday.",
         "{PER} is the chief executive of {ORG}.",
-        "The conference will take place in {LOC} in May.",
+        "The {event} will take place in {LOC} in May.",
         "{ORG} said the study will run for three years.",
         "Ministers from {LOC} and {LOC} met to discuss trade.",
         "The election will be held next spring.",
         "{PER} gave a speech at the university in {LOC}.",
         "The satellite will study the atmosphere of a distant planet.",
         "{ORG} moved its headquarters to {LOC}.",
-        "The report was released on Monday.",
-        "{PER} will travel to {LOC} for the summit.",
+        "The company {judge} its plans in a {adj} {event}.",
+        "Trading in shares of {ORG} {move} on Monday.",
+        "{PER} {judge} the {adj} {event} with reporters.",
         "{ORG} employs about 4,000 people in {LOC}.",
+        "The committee will meet again in {LOC} next month.",
     ],
     "positive": [
-        "{ORG} reported record profits and raised its forecast.",
+        "{ORG} reported {adj} profits and raised its forecast.",
         "Fans celebrated in {LOC} after {ORG} won the final.",
-        "{PER} praised the excellent work of the rescue teams.",
-        "Shares of {ORG} jumped 8 percent after strong results.",
+        "{PER} {judge} the {adj} work of the rescue teams.",
+        "Shares of {ORG} {move} after {adj} results.",
         "The new treatment helped thousands of patients recover.",
-        "{PER} won the title after a brilliant performance.",
-        "Investors welcomed the deal between {ORG} and {ORG}.",
-        "The peace agreement in {LOC} was hailed as a historic success.",
+        "{PER} won the title after a {adj} performance.",
+        "Investors {judge} the deal between {ORG} and {ORG}.",
+        "The peace agreement in {LOC} was {judge} as a historic {event}.",
         "{ORG} will hire 3,000 workers in {LOC}.",
-        "Scientists at {ORG} made a remarkable breakthrough.",
+        "Scientists at {ORG} made a {adj} {event}.",
         "Crowds cheered as {PER} opened the new hospital in {LOC}.",
-        "The festival in {LOC} was a wonderful success.",
+        "The festival in {LOC} was a {adj} {event}.",
         "{PER} thanked the volunteers for their generous help.",
-        "Exports from {LOC} grew strongly, lifting hopes of a recovery.",
+        "Exports from {LOC} {move}, lifting hopes of a {event}.",
+        "The company reported a {adj} year and a {event} for its new product.",
+        "Sales at {ORG} were {adj} and profits {move}.",
     ],
 }
 
@@ -596,11 +623,16 @@ def topic_examples(templates: dict[str, list[str]], n: int, fillers: Fillers) ->
 
 
 def labeled_examples(
-    templates: dict[str, list[str]], labels: list[str], n: int, fillers: Fillers
+    templates: dict[str, list[str]],
+    vocab: dict[str, dict[str, list[str]]],
+    labels: list[str],
+    n: int,
+    fillers: Fillers,
 ) -> list[tuple[NerExample, int]]:
     """Single-sentence documents from labeled templates (the sentiment demo classifier)."""
     docs = []
     for _ in range(n):
         label = fillers.rng.randrange(len(labels))
-        docs.append((fill(fillers.rng.choice(templates[labels[label]]), fillers), label))
+        name = labels[label]
+        docs.append((fill(fillers.rng.choice(templates[name]), fillers, vocab[name]), label))
     return docs

@@ -24,6 +24,7 @@ from pipeline.demo.corpus import (
     NER_LABELS,
     NER_TEMPLATES,
     SENTIMENT_TEMPLATES,
+    SENTIMENT_VOCAB,
     SENTIMENTS,
     TOPIC_TEMPLATES,
     TOPICS,
@@ -133,7 +134,7 @@ def build(
     *,
     ner_steps: int = 200,
     cls_steps: int = 40,
-    sentiment_steps: int = 30,
+    sentiment_steps: int = 60,
     batch_size: int = 24,
     frozen_layers: int = 2,
     max_length: int = 64,
@@ -194,9 +195,15 @@ def build(
     ner_test = ner_examples(ner_test_t, 400, fillers)
     tone_split = {t: split_templates(v, 0.25, seed) for t, v in SENTIMENT_TEMPLATES.items()}
     tone_train = labeled_examples(
-        {t: s[0] for t, s in tone_split.items()}, SENTIMENTS, sentiment_steps * batch_size // 2, fillers
+        {t: s[0] for t, s in tone_split.items()},
+        SENTIMENT_VOCAB,
+        SENTIMENTS,
+        sentiment_steps * batch_size // 2,
+        fillers,
     )
-    tone_test = labeled_examples({t: s[1] for t, s in tone_split.items()}, SENTIMENTS, 300, fillers)
+    tone_test = labeled_examples(
+        {t: s[1] for t, s in tone_split.items()}, SENTIMENT_VOCAB, SENTIMENTS, 300, fillers
+    )
 
     # NER
     ids, labels = _token_labels(tokenizer, ner_train, max_length)
