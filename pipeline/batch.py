@@ -96,7 +96,10 @@ def run(
             with quiet_ray_data_console():
                 checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
             counts["id_check_s"] = checked.seconds
-    resumed = pub.begin({"config_hash": meta["config_hash"], "date": date, "input": in_path})
+    revisions = {name: m["revision"] for name, m in meta["models"].items()}
+    resumed = pub.begin(
+        {"config_hash": meta["config_hash"], "date": date, "input": in_path, "models": revisions}
+    )
     if resumed:
         done = pub.checkpointed()
         echo(f"resuming the unfinished run in {out_path}: {done} of {inputs.rows} documents already written")
@@ -183,7 +186,7 @@ def build_dataset(
         batch_size=None,  # the reader's blocks are already docs_per_batch rows
         num_cpus=r.cpus_per_task,
         compute=ray.data.TaskPoolStrategy(size=tasks),  # same cap as the read: the two fuse
-        fn_kwargs={"config": conf, "text_column": text},
+        fn_kwargs={"config": conf, "text_column": text, "expected": meta["models"]},
     )
     stage = infer_stage(cfg)
     low, high = r.actor_pool()
@@ -195,7 +198,7 @@ def build_dataset(
         num_cpus=stage["num_cpus"],
         num_gpus=stage["num_gpus"],
         resources=stage["resources"],
-        fn_constructor_kwargs={"config": conf, "tally": tally},
+        fn_constructor_kwargs={"config": conf, "tally": tally, "expected": meta["models"]},
     )
     return ds.map_batches(
         decode_batch,
@@ -292,13 +295,15 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
 def _our_error(exc: BaseException) -> Exception | None:
     """The InputError or StorageError a stage raised, out of Ray's wrappers, as one line (Ray Data
     appends retry advice to the message), or None."""
-    ours = next((e for e in error_chain(exc) if type(e) in (InputError, StorageError)), None)
+    from pipeline.revisions import ModelChanged
+
+    ours = next((e for e in error_chain(exc) if type(e) in (InputError, StorageError, ModelChanged)), None)
     if ours is None:
         return None
     line = str(ours).split("\n", 1)[0]
     if isinstance(ours, StorageError):
         return StorageError.with_message(line, ours.operation, ours.key)
-    return InputError(line)
+    return type(ours)(line)
 
 
 def _count_rows(fs: Any, files: list[str]) -> int:

@@ -34,12 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.inputs import InputError
     from pipeline.placement import NoActorNodeError
     from pipeline.publish import OutputError
+    from pipeline.revisions import ModelChanged
     from pipeline.storage import StorageError
 
     cfg = _load_config(args)
     try:
         report = batch.run(cfg, date=args.date, overwrite=args.overwrite, address=args.address)
-    except (InputError, OutputError) as exc:
+    except (InputError, OutputError, ModelChanged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (StorageError, NoActorNodeError) as exc:  # worth a retry later: the run resumes

@@ -37,5 +37,9 @@ class Engine:
             infer=InferenceEngine(models, cfg.runtime) if weights else None,
         )
 
+    @property
+    def revisions(self) -> dict[str, str]:
+        return {name: lm.revision for name, lm in self.models.items()}
+
     def describe(self) -> dict[str, Any]:
         return {name: lm.describe() for name, lm in self.models.items()}

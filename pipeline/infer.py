@@ -305,6 +305,9 @@ class Inferred:
 
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # the revision of every model of the engine that ran (shared by a batch's documents):
+    # decoding checks it against the label maps it holds, so no answer gets another revision's labels
+    revisions: dict[str, str] = field(default_factory=dict)
 
 
 class InferenceEngine:
@@ -314,6 +317,7 @@ class InferenceEngine:
         from pipeline.kinds import kind_of
 
         self.models = models
+        self.revisions = {name: lm.revision for name, lm in models.items()}
         self.kinds = {name: kind_of(lm.spec) for name, lm in models.items()}
         self.runners: dict[str, ModelRunner] = {}
         self.framing: dict[str, Framing] = {}
@@ -338,7 +342,7 @@ class InferenceEngine:
     def infer(self, docs: list[Encoded]) -> list[Inferred]:
         """Each model runs over the documents that carry its stream (all, unless a request
         asked for a subset); a document's first error wins."""
-        out = [Inferred(error=d.error) for d in docs]
+        out = [Inferred(error=d.error, revisions=self.revisions) for d in docs]
         for name in self.models:
             self._run_model(name, docs, out)
         heap.trim()  # long-lived actors and replicas stay flat (see pipeline.heap)

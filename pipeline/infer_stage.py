@@ -22,6 +22,7 @@ from pipeline.columns import columns_to_encoded
 from pipeline.config import MODEL_DEPLOYMENT, ConfigError, PipelineConfig
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine
+from pipeline.revisions import check_revisions
 from pipeline.stages import light_engine, with_inferred
 from pipeline.tally import DTYPE_KEY, report
 
@@ -45,7 +46,12 @@ def infer_stage(cfg: PipelineConfig) -> dict[str, Any]:
 class InferActor:
     """GPU (or CPU) actor: holds the weights and runs the shared ModelRunner over each batch."""
 
-    def __init__(self, config: dict[str, Any], tally: str | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        tally: str | None = None,
+        expected: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         import ray
         import torch
 
@@ -58,6 +64,10 @@ class InferActor:
             log.warning("this actor was given a GPU but CUDA is not available here; running on CPU")
             report(tally, {"cpu_fallback_actors": 1})
         built = Engine.build(cfg)
+        # an actor started mid-night (a lost node, a growing pool) loads the source as it is
+        # now: if it changed since the night began, its first batch stops the night (a failing
+        # constructor would only be restarted) rather than mix two revisions
+        self.expected = expected or {}
         self.models = built.models
         self.group_of = built.encoder.group_of
         self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
@@ -71,6 +81,7 @@ class InferActor:
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        check_revisions(self.expected, self.engine.revisions, "the model source")
         self.started = mark_first_batch(self.tally, self.started)
         before = self.engine.stats()
         docs = columns_to_encoded(table, self.group_of)
@@ -130,9 +141,16 @@ def check_served_models(cfg: PipelineConfig, expected: dict[str, dict[str, str]]
 class ServeInfer:
     """Ray Data callable: sends each block's encoded windows to the Model deployment."""
 
-    def __init__(self, config: dict[str, Any], tally: str | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        tally: str | None = None,
+        expected: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         cfg = PipelineConfig.model_validate(config)
         self.handle = model_handle(cfg)
+        self.expected = expected or {}
+        self.app = f"the Serve app '{cfg.serve.app_name}'"
         self.chunk = cfg.serve.max_batch_size or cfg.runtime.batch_size
         light = light_engine(config)  # tokenizers and label maps: how the columns are laid out
         self.models, self.group_of = light.models, light.encoder.group_of
@@ -159,6 +177,8 @@ class ServeInfer:
                 pending[i] = self.handle.run_batch.remote(chunks[i])
                 continue
             del pending[i]
+            for r in out[:1]:  # a chunk runs on one replica: one set of revisions
+                check_revisions(self.expected, r.revisions, self.app)
             results[i] = out
             report_infer(self.tally, counts)
         return with_inferred(table, [r for i in range(len(chunks)) for r in results[i]], self.models)

@@ -76,6 +76,15 @@ class Publisher:
                     f"(hash {previous.get('config_hash')}, now {fingerprint.get('config_hash')}); "
                     "rerun with --overwrite to start over"
                 )
+            before, now = previous.get("models") or {}, fingerprint.get("models") or {}
+            changed = sorted(n for n in before if n in now and before[n] != now[n])
+            if changed:
+                name = changed[0]
+                raise OutputError(
+                    f"{self.root} holds an unfinished run labeled by {name} revision {before[name]}, "
+                    f"but the model is now {now[name]}; resuming would mix two revisions in one night: "
+                    "rerun with --overwrite to label the whole night with the new one"
+                )
             return True
         foreign = [i.path for i in self._listing(self.root) if not i.base_name.startswith(("_", "."))]
         if foreign:

@@ -32,6 +32,7 @@ from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
 
 log = logging.getLogger(__name__)
+LIVE_S = 60.0  # /v1/models lists the revisions that answered within this many seconds
 ENDPOINT_KINDS = {"annotate": None, "classify": "classification", "ner": "ner"}  # None: every kind
 
 
@@ -82,7 +83,9 @@ class Result(BaseModel):
 
 class AnnotateResponse(BaseModel):
     results: list[Result]
-    model: dict[str, Any]
+    model: dict[str, Any] = Field(
+        description="per model that ran: kind, source, the revision that answered, its labels"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -145,6 +148,7 @@ class Model:
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
         )
         self._batches = MetricCounter("bert_pipeline_batches_total", description="dynamic batches run")
+        self.encoder, self.decoder, self.described = built.encoder, built.decoder, built.describe()
         self._probe = built.encoder.encode(["health check"])
         device = next(iter(self.engine.runners.values())).device
         dtypes = sorted({lm.dtype for lm in self.models.values() if lm.dtype})
@@ -178,6 +182,18 @@ class Model:
             counts = self.engine.stats().since(before)
         self._record(len(docs))
         return out, counts
+
+    async def annotate(self, texts: list[str | None], names: list[str]) -> tuple[list[dict], dict[str, Any]]:
+        """Encode, infer and decode here, with this replica's own tokenizers and label maps.
+
+        The ingress asks for this when the forward pass came from a model revision other than
+        the one it holds (a rollout under way): the answer is then this revision's, whole.
+        """
+        docs = await asyncio.to_thread(self.encoder.encode, texts, names)
+        self._record(len(docs))
+        inferred = await self._run(docs)
+        rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
+        return rows, {n: self.described[n] for n in names}
 
     def served_models(self) -> dict[str, dict[str, str]]:
         """Source and revision per model: the batch job checks them before borrowing this model."""
@@ -231,6 +247,9 @@ class Ingress:
         light = Engine.build(self.cfg, weights=False)
         self.encoder, self.decoder = light.encoder, light.decoder
         self.describe = light.describe()
+        self.revisions = {name: lm.revision for name, lm in light.models.items()}
+        self.seen: dict[tuple[str, str], float] = {}  # (model, revision) -> when it last answered
+        self.skew_answers = 0  # answers decoded by the model replica: it ran another revision
         self.kinds = {name: lm.kind for name, lm in light.models.items()}
         self.keys = [k.encode() for k in api_keys(self.cfg)]
         self._requests = MetricCounter(
@@ -273,14 +292,26 @@ class Ingress:
     async def models(self, request: Request):
         if denied := self._denied(request):
             return denied
-        return {"models": self.describe, "version": __version__, "config_hash": self.cfg.config_hash()}
+        try:  # one replica's answer joins the revisions seen answering requests
+            served = await asyncio.wait_for(self.model.served_models.remote(), timeout=5)
+            self._saw({n: m["revision"] for n, m in served.items()})
+        except Exception:  # noqa: BLE001 - the model deployment is down: say what was seen
+            pass
+        return {
+            "models": self.describe,
+            "serving": self._serving(),
+            "version": __version__,
+            "config_hash": self.cfg.config_hash(),
+        }
 
     @api.get("/v1/stats")
     async def stats(self, request: Request):
         """Batch sizes formed by the model deployment (one replica) and engine counters."""
         if denied := self._denied(request):
             return denied
-        return await self.model.stats.remote()
+        stats = await self.model.stats.remote()
+        # answers this ingress replica had decoded by the model replica (it ran another revision)
+        return {**stats, "ingress": {"skew_answers": self.skew_answers}}
 
     # internals
     async def _serve(self, request: Request, endpoint: str) -> JSONResponse:
@@ -292,13 +323,36 @@ class Ingress:
             names = self._models(endpoint, parsed.models)
             docs = await asyncio.to_thread(self.encoder.encode, texts, names)
             inferred = await self._infer(docs)
-            rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
-            response = JSONResponse({"results": rows, "model": self.describe})
+            answered = {n: r for inf in inferred for n, r in inf.revisions.items() if n in names}
+            if any(self.revisions[n] != r for n, r in answered.items()):
+                # another revision ran the forward pass: its replica decodes with its own labels
+                rows, described = await self._call(self.model.annotate.remote(texts, names))
+                self.skew_answers += 1
+            else:
+                rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
+                described = {n: self.describe[n] for n in names}
+            self._saw({n: d["revision"] for n, d in described.items()})
+            response = JSONResponse({"results": rows, "model": described})
         except HttpError as err:
             response = _error(err)
         self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
         self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
         return response
+
+    def _saw(self, revisions: dict[str, str]) -> None:
+        now = time.monotonic()
+        for name, revision in revisions.items():
+            self.seen[(name, revision)] = now
+
+    def _serving(self) -> dict[str, list[str]]:
+        """Per model, the revisions that answered in the last LIVE_S seconds (several during a
+        rollout), the newest first."""
+        now = time.monotonic()
+        self.seen = {k: t for k, t in self.seen.items() if now - t <= LIVE_S}
+        out: dict[str, list[str]] = {name: [] for name in self.revisions}
+        for (name, revision), _ in sorted(self.seen.items(), key=lambda kv: -kv[1]):
+            out.setdefault(name, []).append(revision)
+        return out
 
     def _denied(self, request: Request) -> JSONResponse | None:
         try:
@@ -368,11 +422,15 @@ class Ingress:
         return list(dict.fromkeys(asked))
 
     async def _infer(self, docs: list[Encoded]) -> list[Inferred]:
+        return await self._call(self.model.remote(docs))
+
+    async def _call(self, response: Any) -> Any:
+        """Await a model deployment call; a full queue or a lost replica becomes a clear 503/429."""
         from ray.serve.exceptions import BackPressureError
 
         retry = {"Retry-After": str(self.cfg.serve.retry_after_s)}
         try:
-            return await self.model.remote(docs)
+            return await response
         except BackPressureError:
             raise HttpError(
                 self.cfg.serve.backpressure_status, "model queue is full; retry later", retry

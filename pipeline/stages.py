@@ -7,6 +7,7 @@ block. All call the same code as `Annotator`, so batch output equals in-process 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipeline.columns import (
 from pipeline.config import PipelineConfig
 from pipeline.engine import Engine
 from pipeline.infer import Inferred
+from pipeline.revisions import check_revisions
 from pipeline.tally import report
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,12 @@ def light_engine(config: dict[str, Any]) -> Engine:
     return _cached("light", config, lambda cfg: Engine.build(cfg, weights=False))
 
 
-def encode_batch(table: pa.Table, *, config: dict[str, Any], text_column: str) -> pa.Table:
+def encode_batch(
+    table: pa.Table, *, config: dict[str, Any], text_column: str, expected: dict | None = None
+) -> pa.Table:
     """CPU task: tokenize the text column once per distinct tokenizer."""
     light = light_engine(config)
+    check_revisions(expected or {}, light.revisions, "the model source")
     docs = light.encoder.encode(table.column(text_column).to_pylist())
     columns = encoded_to_columns(docs, light.encoder, offset_groups(light.encoder, light.models))
     out = replace_columns(table, columns)
@@ -71,6 +76,7 @@ def decode_batch(
 ) -> pa.Table:
     """CPU task: model outputs -> every model's output columns and error; internal columns dropped."""
     light = light_engine(config)
+    check_revisions(json.loads(metadata).get("models") or {}, light.revisions, "the model source")
     texts = table.column(text_column).to_pylist()
     outputs = columns_to_outputs(table, light.models, light.encoder.group_of)
     decoded = light.decoder.decode_outputs(texts, outputs)
