@@ -270,7 +270,7 @@ def test_a_night_on_the_serve_backend_stops_when_the_app_changes_revision(
     deploy(_app_config(models, max_batch_size=4), "nightly", "/nightly", serve_base)
     src = tmp_path / "in"
     src.mkdir()
-    n = 4000
+    n = 2000
     words = "Angela Merkel met Tim Cook in Berlin and Siemens signed a deal in Munich".split()
     texts = [" ".join(words[: 3 + i % 10]) for i in range(n)]
     for f in range(4):
@@ -299,11 +299,15 @@ def test_a_night_on_the_serve_backend_stops_when_the_app_changes_revision(
     runner.start()
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not list((out / "_staging" / "checkpoint").glob("*.parquet")):
-            time.sleep(0.2)  # until part of the night is written and checkpointed (by v1)
+        while time.time() < deadline and not (out / "_staging" / "run.json").exists():
+            time.sleep(0.1)  # until the night has started, its lineage naming v1
         assert runner.is_alive(), f"the night ended before the redeploy: {outcome}"
-        shutil.copytree(v2_models[0], current / "classifier", dirs_exist_ok=True)
-        shutil.copytree(v2_models[1], current / "ner", dirs_exist_ok=True)
+        # v2 takes current/'s place by a rename, as a deploy script should: the running replicas
+        # memory-map their weights, and overwriting those files in place crashes them (SIGBUS)
+        shutil.copytree(v2_models[0], tmp_path / "next" / "classifier")
+        shutil.copytree(v2_models[1], tmp_path / "next" / "ner")
+        current.rename(tmp_path / "previous")
+        (tmp_path / "next").rename(current)
         # a changed deployment config makes Serve replace the replicas; they load v2 from current/
         rolled = _app_config(models, max_batch_size=4, batch_wait_timeout_s=0.011)
         serve.run(
@@ -321,7 +325,8 @@ def test_a_night_on_the_serve_backend_stops_when_the_app_changes_revision(
         _wait_until_served(job)
         with pytest.raises(OutputError, match="resuming would mix two revisions"):
             batch.run(job, echo=lambda s: None)
-        report = batch.run(job, overwrite=True, echo=lambda s: None)
+        faster = job.model_copy(update={"serve": job.serve.model_copy(update={"max_batch_size": 64})})
+        report = batch.run(faster, overwrite=True, echo=lambda s: None)
     finally:
         serve.delete("nightly")
     assert report["documents"] == n and report["output_rows"] == n
