@@ -59,7 +59,7 @@ HAND_WRITTEN_TOPICS = [
 ]
 
 
-REDUCED = {"ner_steps": 80, "cls_steps": 20, "sentiment_steps": 20}
+REDUCED = {"ner_steps": 60, "cls_steps": 16, "sentiment_steps": 16}
 
 
 @pytest.fixture(scope="module")

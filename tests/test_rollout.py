@@ -188,7 +188,7 @@ def test_rollout_under_load_loses_nothing_and_no_answer_mixes_revisions(
     loader = threading.Thread(target=lambda: asyncio.run(load()), daemon=True)
     loader.start()
     try:
-        time.sleep(3)
+        time.sleep(2)
         rollout["start"] = time.time()
         serve.run(
             build_app(PipelineConfig.from_dict(_app_config(v2_models))),
@@ -199,11 +199,11 @@ def test_rollout_under_load_loses_nothing_and_no_answer_mixes_revisions(
         deadline = time.time() + 90
         while time.time() < deadline:  # done when only v2 has answered for 3 s
             recent = [r for r in records[-200:] if r[0] > time.time() - 3]
-            if time.time() - rollout["start"] > 3 and recent and all(r[4] == v2_revision for r in recent):
+            if time.time() - rollout["start"] > 2 and recent and all(r[4] == v2_revision for r in recent):
                 break
             time.sleep(0.5)
         rollout["end"] = time.time()
-        time.sleep(2)
+        time.sleep(1.5)
     finally:
         stop.set()
         loader.join(timeout=90)
