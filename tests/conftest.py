@@ -282,16 +282,21 @@ def serve_base(ray_cluster):
 
 def deploy(cfg_dict: dict, name: str, prefix: str, base: str, timeout: float = 180) -> str:
     """Deploy the app for a config and wait until /healthz answers; return its base URL."""
-    import time
-
-    import httpx
     from ray import serve
 
     from pipeline import PipelineConfig
     from pipeline.serve import build_app
 
     serve.run(build_app(PipelineConfig.from_dict(cfg_dict)), name=name, route_prefix=prefix, blocking=False)
-    url = base + prefix
+    return wait_healthy(base + prefix, name, timeout)
+
+
+def wait_healthy(url: str, name: str, timeout: float = 180) -> str:
+    """Wait until an app's /healthz answers 200; return its URL."""
+    import time
+
+    import httpx
+
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -301,3 +306,29 @@ def deploy(cfg_dict: dict, name: str, prefix: str, base: str, timeout: float = 1
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{name} did not become healthy")
+
+
+def relabeled_model(
+    src: Path, dst: Path, labels: list[str], token_level: bool, seed: int, tokenizer_from: Path | None = None
+) -> Path:
+    """Another tiny model like `src`: other weights, the label map `labels`, the tokenizer of
+    `tokenizer_from` (default `src`), heads scaled so labels vary along a text."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig.from_pretrained(str(src))
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {lab: i for i, lab in enumerate(labels)}
+    config.num_labels = len(labels)
+    model = (BertForTokenClassification if token_level else BertForSequenceClassification)(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(30.0)
+    model.save_pretrained(dst, safe_serialization=True)
+    tokenizer_dir = tokenizer_from or src
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, dst / name)
+    return dst

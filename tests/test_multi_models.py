@@ -5,13 +5,12 @@ Ray Data job, Serve over HTTP) gives the same per-model columns."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_rows_close, deploy, read_output, tiny_config
+from conftest import assert_rows_close, deploy, read_output, relabeled_model, tiny_config
 from hf_reference import assert_entities_equal, hf_classify, hf_ner
 
 from pipeline import Annotator, PipelineConfig, batch
@@ -23,26 +22,11 @@ SENTIMENTS = ["negative", "neutral", "positive"]
 
 
 @pytest.fixture(scope="module")
-def sentiment_model(tmp_path_factory, cased_ner):
+def sentiment_model(tmp_path_factory, tiny_models, cased_ner):
     """A second classifier: other weights, three labels (the topic one has four), and the
     cased tokenizer of `cased_ner`, so the four models below read two token streams."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
     out = tmp_path_factory.mktemp("sentiment") / "sentiment"
-    torch.manual_seed(7)
-    config = BertConfig.from_pretrained(str(cased_ner))
-    config.id2label = dict(enumerate(SENTIMENTS))
-    config.label2id = {lab: i for i, lab in enumerate(SENTIMENTS)}
-    config.num_labels = len(SENTIMENTS)
-    model = BertForSequenceClassification(config).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(30.0)
-    model.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        if (cased_ner / name).exists():
-            shutil.copy(cased_ner / name, out / name)
-    return out
+    return relabeled_model(tiny_models[0], out, SENTIMENTS, False, 7, tokenizer_from=cased_ner)
 
 
 def multi_config(tiny_models, cased_ner, sentiment_model) -> dict:

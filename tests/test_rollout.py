@@ -19,7 +19,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_rows_close, deploy, tiny_config
+from conftest import assert_rows_close, deploy, relabeled_model, tiny_config, wait_healthy
 
 from pipeline import Annotator, PipelineConfig, batch
 from pipeline.config import ConfigError
@@ -30,32 +30,12 @@ V2_TOPICS = ["v2-sci_tech", "v2-world", "v2-other", "v2-business", "v2-sports"] 
 V2_NER = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER", "B-V2", "I-V2"]  # reordered, fewer
 
 
-def _relabeled(src: Path, dst: Path, labels: list[str], token_level: bool, seed: int) -> Path:
-    """A new revision of a tiny model: other weights, another label map, the same tokenizer."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig.from_pretrained(str(src))
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {lab: i for i, lab in enumerate(labels)}
-    config.num_labels = len(labels)
-    model = (BertForTokenClassification if token_level else BertForSequenceClassification)(config).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(30.0)
-    model.save_pretrained(dst, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        if (src / name).exists():
-            shutil.copy(src / name, dst / name)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def v2_models(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("v2")
     return (
-        _relabeled(tiny_models[0], root / "classifier", V2_TOPICS, False, 11),
-        _relabeled(tiny_models[1], root / "ner", V2_NER, True, 12),
+        relabeled_model(tiny_models[0], root / "classifier", V2_TOPICS, False, 11),
+        relabeled_model(tiny_models[1], root / "ner", V2_NER, True, 12),
     )
 
 
@@ -124,16 +104,8 @@ def test_ingress_of_one_revision_with_a_model_of_another_answers_with_the_models
         model, v1.for_workers()
     )
     serve.run(app, name="skewed", route_prefix="/skewed", blocking=False)
-    url = serve_base + "/skewed"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        url = wait_healthy(serve_base + "/skewed", "skewed")
         v2_revision = (
             Annotator(PipelineConfig.from_dict(tiny_config(*v2_models))).models["classifier"].revision
         )
