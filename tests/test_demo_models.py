@@ -59,7 +59,7 @@ HAND_WRITTEN_TOPICS = [
 ]
 
 
-REDUCED = {"ner_steps": 60, "cls_steps": 16, "sentiment_steps": 16}
+REDUCED = {"ner_steps": 50, "cls_steps": 14, "sentiment_steps": 14}
 
 
 @pytest.fixture(scope="module")

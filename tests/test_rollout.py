@@ -242,7 +242,7 @@ def test_a_night_on_the_serve_backend_stops_when_the_app_changes_revision(
     deploy(_app_config(models, max_batch_size=4), "nightly", "/nightly", serve_base)
     src = tmp_path / "in"
     src.mkdir()
-    n = 2000
+    n = 1200
     words = "Angela Merkel met Tim Cook in Berlin and Siemens signed a deal in Munich".split()
     texts = [" ".join(words[: 3 + i % 10]) for i in range(n)]
     for f in range(4):
