@@ -7,6 +7,11 @@ actors; the Ingress uses the same `Encoder` and `Decoder`. A text gets the same 
 online as in last night's output. Dynamic batching merges concurrent requests into shared
 forward passes; queues are bounded, and beyond them clients get 503 (or 429) with
 Retry-After instead of a hang.
+
+Every forward result names its model revision. During a rolling update an ingress can meet
+a model replica of another revision: it then has that replica encode, run and decode the
+texts itself (`Model.annotate`), so no answer carries another revision's labels, and each
+response's `model` field names the revision that answered.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the route annotations at runtime.
