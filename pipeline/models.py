@@ -192,16 +192,38 @@ def _fetch_hub(repo_id: str, revision: str | None, allow_pickle: bool) -> tuple[
     return path, f"hub:{path.name}"
 
 
+WHOLE_FILE_BYTES = 64 << 20  # weight files up to this size are hashed whole
+SAMPLE_BLOCKS, BLOCK_BYTES = 16, 1 << 20  # larger ones: 16 evenly spaced 1 MiB blocks and the tail
+
+
 def _local_fingerprint(path: Path) -> str:
-    """Cheap content fingerprint: config plus weight file names, sizes and mtimes."""
+    """A content fingerprint of a model directory: config and tokenizer files, and the weights
+    (whole, or sampled when large), never mtimes. Two copies of one model on two nodes get
+    the same revision; new weights get a new one (the night checks its stages against it)."""
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
-        if f.is_file() and (f.suffix in (".json", ".safetensors") or f.suffix in PICKLE_SUFFIXES):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-            if f.name == "config.json":
-                h.update(f.read_bytes())
+        if not f.is_file():
+            continue
+        if f.suffix in (".json", ".txt"):
+            h.update(f"{f.name}:".encode() + f.read_bytes())
+        elif f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES:
+            h.update(f"{f.name}:{f.stat().st_size}:".encode())
+            _hash_weights(f, h)
     return f"local:{h.hexdigest()[:16]}"
+
+
+def _hash_weights(f: Path, h: Any) -> None:
+    size = f.stat().st_size
+    with f.open("rb") as stream:
+        if size <= WHOLE_FILE_BYTES:
+            h.update(stream.read())
+            return
+        step = (size - BLOCK_BYTES) // SAMPLE_BLOCKS
+        for k in range(SAMPLE_BLOCKS):
+            stream.seek(k * step)
+            h.update(stream.read(BLOCK_BYTES))
+        stream.seek(size - BLOCK_BYTES)
+        h.update(stream.read(BLOCK_BYTES))
 
 
 def check_weights_safe(path: Path, allow_pickle: bool) -> None:

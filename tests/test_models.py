@@ -133,3 +133,24 @@ def test_s3_source_without_model_is_a_clear_error(s3_server, s3_client, tmp_path
     s3_client.create_bucket(Bucket="empty")
     with pytest.raises(ModelLoadError, match="config.json"):
         resolve_source(ModelSpec(source="s3://empty/nothing/"), S3Options(endpoint_url=s3_server), tmp_path)
+
+
+def test_local_revision_follows_content_not_copies_or_mtimes(tiny_models, tmp_path):
+    """Two copies of one model (two nodes, say) are one revision; a changed weight is another.
+    The night's stages compare revisions, so an mtime must never make a copy look new."""
+    import os
+    import shutil
+
+    from pipeline.models import _local_fingerprint
+
+    src = tiny_models[1]
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy, copy_function=shutil.copy)  # new mtimes
+    os.utime(copy / "model.safetensors", (1, 1))
+    assert _local_fingerprint(copy) == _local_fingerprint(src)
+    with (copy / "model.safetensors").open("r+b") as f:  # one byte of the weights, at the end
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    assert _local_fingerprint(copy) != _local_fingerprint(src)
