@@ -177,8 +177,8 @@ class ServeInfer:
                 pending[i] = self.handle.run_batch.remote(chunks[i])
                 continue
             del pending[i]
-            for r in out[:1]:  # a chunk runs on one replica: one set of revisions
-                check_revisions(self.expected, r.revisions, self.app)
+            if out:  # a chunk runs on one replica: one set of revisions
+                check_revisions(self.expected, out[0].revisions, self.app)
             results[i] = out
             report_infer(self.tally, counts)
         return with_inferred(table, [r for i in range(len(chunks)) for r in results[i]], self.models)

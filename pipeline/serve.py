@@ -252,7 +252,7 @@ class Ingress:
         light = Engine.build(self.cfg, weights=False)
         self.encoder, self.decoder = light.encoder, light.decoder
         self.describe = light.describe()
-        self.revisions = {name: lm.revision for name, lm in light.models.items()}
+        self.revisions = light.revisions
         self.seen: dict[tuple[str, str], float] = {}  # (model, revision) -> when it last answered
         self.skew_answers = 0  # answers decoded by the model replica: it ran another revision
         self.kinds = {name: lm.kind for name, lm in light.models.items()}
