@@ -36,17 +36,21 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _pss_kib(pid: int) -> int:
-    """PSS without the shared-memory part (the object store, mapped into every worker: sampled apart)."""
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS without the shared-memory part, anonymous PSS). The object store, mapped into every
+    worker, is sampled apart. Anonymous memory (heaps, arenas, Python objects) is what a leak or
+    a buffer that grows with the night shows in; PSS also holds a share of the libraries' pages
+    (torch's alone are hundreds of MB), which rises for the processes that remain when others
+    that mapped the same library exit, with no byte more in use."""
     fields: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             name, _, rest = line.partition(":")
-            if name in ("Pss", "Pss_Shmem"):
+            if name in ("Pss", "Pss_Shmem", "Pss_Anon"):
                 fields[name] = int(rest.split()[0])
     except (OSError, ValueError, IndexError):
-        return 0
-    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
+        return 0, 0
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0), fields.get("Pss_Anon", 0)
 
 
 def _cpu_s(pid: int) -> float:
@@ -135,32 +139,38 @@ class Sampler:
             return {}
 
     def _written(self) -> int:
+        """Rows in the output's Parquet files present now (a rerun with --overwrite clears the
+        earlier run's files first: those must not count)."""
         if self.output is None:
             return 0
         import pyarrow.parquet as pq
 
+        total = 0
         for folder in (self.output / "_staging" / "data", self.output):
             try:
                 names = [e for e in os.scandir(folder) if e.name.endswith(".parquet")]
             except OSError:
                 continue
             for entry in names:
-                if entry.name not in self._rows:
+                if entry.path not in self._rows:
                     try:
-                        self._rows[entry.name] = pq.ParquetFile(entry.path).metadata.num_rows
+                        self._rows[entry.path] = pq.ParquetFile(entry.path).metadata.num_rows
                     except Exception:  # noqa: BLE001 - still being written
                         continue
-        return sum(self._rows.values())
+                total += self._rows[entry.path]
+        return total
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             t = time.time()
             mem: dict[str, int] = dict.fromkeys(KINDS, 0)
+            anon: dict[str, int] = dict.fromkeys(KINDS, 0)
             largest: dict[str, int] = dict.fromkeys(KINDS, 0)
             count: dict[str, int] = dict.fromkeys(KINDS, 0)
             for pid, kind in self._processes().items():
-                pss = _pss_kib(pid)
+                pss, pss_anon = _memory_kib(pid)
                 mem[kind] += pss
+                anon[kind] += pss_anon
                 largest[kind] = max(largest[kind], pss)
                 count[kind] += 1
                 used = _cpu_s(pid)
@@ -169,6 +179,7 @@ class Sampler:
             sample = {
                 "t": round(t - self.started, 2),
                 "pss_kib": mem,
+                "anon_kib": anon,
                 "largest_kib": largest,
                 "processes": count,
                 "written": self._written(),
@@ -177,8 +188,9 @@ class Sampler:
             self.series.append(sample)
             self._stop.wait(max(0.0, 1.0 - (time.time() - t)))
 
-    def peaks_mib(self) -> dict[str, float]:
-        peaks = {k: max((s["pss_kib"][k] for s in self.series), default=0) / 1024 for k in KINDS}
+    def peaks_mib(self, field: str = "pss_kib") -> dict[str, float]:
+        """Peak per kind of `field` (pss_kib, or anon_kib), object store and spilled bytes."""
+        peaks = {k: max((s[field][k] for s in self.series), default=0) / 1024 for k in KINDS}
         for key in ("object_store", "spilled"):
             peaks[key] = max((s.get(key, 0) for s in self.series), default=0) / 1024
         return {k: round(v, 1) for k, v in peaks.items()}

@@ -114,6 +114,7 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
         "wall_s": round(time.time() - started, 1),
         "returncode": proc.returncode,
         "peak_mib": sampler.peaks_mib(),
+        "peak_anon_mib": sampler.peaks_mib("anon_kib"),
         "largest_process_mib": sampler.largest_mib(),
         "max_processes": {k: max((x["processes"][k] for x in sampler.series), default=0) for k in KINDS},
         "cpu_share": sampler.cpu_share(),
@@ -130,7 +131,23 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
     docs = report["documents"]
     result["running_docs_per_s"] = round(docs / max(1e-9, report["wall_s"] - startup), 1)
     result["running_s_per_1k"] = round(1000 * (report["wall_s"] - startup) / max(1, docs), 3)
+    # the model's own share: a slower night with the same forward time is the framework's doing
+    result["forward_s_per_1k"] = round(1000 * report["forward_s"] / max(1, docs), 3)
+    result["within_run_anon_mib"] = within_run(result["series"])
     return result
+
+
+def within_run(series: list[dict], field: str = "anon_kib") -> dict[str, dict[str, float]]:
+    """Median memory per kind (MiB) while the first quarter of the documents is being written and
+    while the last: flat memory keeps these equal, whatever the peaks (which catch transients,
+    e.g. a worker process starting while another exits)."""
+    total = series[-1]["written"] if series else 0
+
+    def median(lo: float, hi: float, kind: str) -> float:
+        vals = sorted(x[field][kind] for x in series if lo * total < x["written"] <= hi * total)
+        return round(vals[len(vals) // 2] / 1024, 1) if vals else 0.0
+
+    return {k: {"early": median(0.05, 0.3, k), "late": median(0.7, 0.95, k)} for k in KINDS}
 
 
 def resume_check(layout: str, root: Path, cfg: Path, out: Path, full: dict, n: int) -> dict:
@@ -248,9 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     a, b = by_size[small][2], by_size[large][2]
     results["growth"] = {
         key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]}
-        for key in ("peak_mib", "largest_process_mib")
+        for key in ("peak_mib", "peak_anon_mib", "largest_process_mib")
     }
     results["growth"]["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
+    results["growth"]["forward_per_doc"] = round(b["forward_s_per_1k"] / a["forward_s_per_1k"], 3)
     results["cpu_share"] = b["cpu_share"]
     if not args.no_kill:
         cfg, out, measured = by_size[small]
@@ -269,9 +287,20 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     print()
     print(f"growth {small:,} -> {large:,}: peak memory per kind {results['growth']['peak_mib']}")
+    print(f"  peak anonymous memory per kind {results['growth']['peak_anon_mib']}")
     print(f"  largest single process per kind {results['growth']['largest_process_mib']}")
+    for r in results["runs"]:
+        print(
+            f"  {r['documents']:,}: anonymous MiB, median early -> late in the run: {r['within_run_anon_mib']}"
+        )
+        print(
+            f"    peak anonymous MiB per kind {r['peak_anon_mib']}; model forward s per 1k docs {r['forward_s_per_1k']}"
+        )
     print(f"  processes per kind: {a['max_processes']} -> {b['max_processes']}")
-    print(f"time per document after start-up: x{results['growth']['time_per_doc']}")
+    print(
+        f"time per document after start-up: x{results['growth']['time_per_doc']} "
+        f"(the model's forward alone: x{results['growth']['forward_per_doc']})"
+    )
     print(f"CPU share by process kind ({large:,}): {results['cpu_share']}")
     for check in results["resume"]:
         print(
