@@ -91,6 +91,7 @@ class Sampler:
         self.series: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._rows: dict[str, int] = {}
+        self._stale = self._present()  # an earlier run's files, until --overwrite clears them
         self._state = None
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first seen, last seen) CPU s
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -138,26 +139,30 @@ class Sampler:
         except Exception:  # noqa: BLE001 - the cluster may be going away
             return {}
 
-    def _written(self) -> int:
-        """Rows in the output's Parquet files present now (a rerun with --overwrite clears the
-        earlier run's files first: those must not count)."""
+    def _present(self) -> set[str]:
+        found: set[str] = set()
         if self.output is None:
-            return 0
+            return found
+        for folder in (self.output / "_staging" / "data", self.output):
+            try:
+                found.update(e.path for e in os.scandir(folder) if e.name.endswith(".parquet"))
+            except OSError:
+                continue
+        return found
+
+    def _written(self) -> int:
+        """Rows in the output files that appeared since sampling began (not an earlier run's, which
+        --overwrite deletes as the run starts, nor those a resumed run keeps)."""
         import pyarrow.parquet as pq
 
         total = 0
-        for folder in (self.output / "_staging" / "data", self.output):
-            try:
-                names = [e for e in os.scandir(folder) if e.name.endswith(".parquet")]
-            except OSError:
-                continue
-            for entry in names:
-                if entry.path not in self._rows:
-                    try:
-                        self._rows[entry.path] = pq.ParquetFile(entry.path).metadata.num_rows
-                    except Exception:  # noqa: BLE001 - still being written
-                        continue
-                total += self._rows[entry.path]
+        for path in self._present() - self._stale:
+            if path not in self._rows:
+                try:
+                    self._rows[path] = pq.ParquetFile(path).metadata.num_rows
+                except Exception:  # noqa: BLE001 - still being written
+                    continue
+            total += self._rows[path]
         return total
 
     def _loop(self) -> None:
