@@ -176,7 +176,7 @@ class RuntimeConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
     max_chars: int = Field(10_000_000, ge=1, description="longer texts get a per-row error")
     pad_multiple: int | None = Field(
-        None, ge=1, le=512, description="padded lengths are multiples of this; default 8 on CUDA, 1 on CPU"
+        None, ge=1, le=512, description="padded lengths are multiples of this (default 8)"
     )
     backend: Literal["actors", "serve"] = Field(
         "actors",

@@ -2,10 +2,10 @@
 
 Windows from many documents are pooled, sorted by length, run in micro-batches of at most
 `batch_size` sequences and `max_batch_tokens` padded tokens, padded only up to a multiple of
-`pad_multiple` (8 on CUDA, none on CPU), and scattered back in input order. Batches are cut
-where the lengths jump: on a CPU where the next sequence would lower the batch's tokens per
-second (padding against the measured cost of one more call), on a GPU where padding would
-pass 10%. A micro-batch that runs out of memory is split and the rest re-planned under a
+`pad_multiple` (8), and scattered back in input order. Batches are cut where the lengths
+jump: on a CPU where the next sequence would lower the batch's tokens per second (padding
+against the measured cost of one more call), in whole multiples of 16 rows, on a GPU where
+padding would pass 10%. A micro-batch that runs out of memory is split and the rest re-planned under a
 lower budget; one that fails otherwise is retried one sequence at a time, so one poisoned
 input costs one row an error instead of failing its neighbours.
 """
@@ -79,6 +79,13 @@ CUDA_CUT = (0.9, 8192)  # (MIN_EFFICIENCY, MIN_TOKENS)
 # overhead), measured in tokens it is worth: small for BERT-base, large for tiny models on short
 # texts. Until measured (ForwardCost), this guess.
 CPU_OVERHEAD_TOKENS = 32.0
+# CPU micro-batches take whole multiples of this many rows (the last of a block excepted), and
+# widths a multiple of 8: a night then runs ~200 distinct shapes instead of thousands (969
+# after 120k short documents, still growing), so oneDNN's per-shape primitive cache (1,024
+# entries) keeps hitting instead of building primitives, and fragmenting the heap, all night.
+# Measured on 120k short documents, tiny models, in-process: 14% faster, and the peak
+# anonymous memory flat at ~590 MB (670 rising to 806 MB without), though padding efficiency drops 0.93 -> 0.84.
+CPU_ROW_MULTIPLE = 16
 
 
 class ForwardCost:
@@ -137,8 +144,8 @@ class ModelRunner:
         # a transformers model or pipeline.quantize.OrtModel has .device; a bare nn.Module, its parameters
         device = getattr(model, "device", None)
         self.device = device if device is not None else next(model.parameters()).device
-        # Tensor cores want multiples of 8; a CPU gains nothing from padding at all.
-        self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
+        # Tensor cores want multiples of 8; a CPU wants few distinct shapes (CPU_ROW_MULTIPLE).
+        self.pad_multiple = pad_multiple or 8
         self.cost = ForwardCost()
         self.stats = RunStats()
         self._torch = torch
@@ -196,8 +203,11 @@ class ModelRunner:
             while j < n and j - i < cap and lengths[j] * (c + (j - i) * width) > real * width:
                 real += lengths[j]
                 j += 1
-            batches.append(order[i:j])
-            i = j
+            rows = j - i
+            if j < n and rows > CPU_ROW_MULTIPLE:  # the rest starts the next batch
+                rows -= rows % CPU_ROW_MULTIPLE
+            batches.append(order[i : i + rows])
+            i += rows
         return batches
 
     def run(self, seqs: list[np.ndarray]) -> tuple[list[np.ndarray | None], list[str | None]]:
