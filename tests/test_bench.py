@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_throughput_bench_smoke(ray_cluster, tmp_path):
+    """Every contender but `ours-run`, which is `pipeline run` itself (tested throughout the
+    suite; ~25 s of Ray Data start-up here, CI time)."""
     import os
 
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}  # one Ray instance per test session
@@ -25,6 +27,10 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
         "--quick",
         "--docs",
         "12",
+        "--contenders",
+        "baseline-hf",
+        "baseline-raydata",
+        "ours-annotator",
         "--out",
         str(tmp_path / "bench"),
         "--model-cache",
@@ -37,7 +43,6 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
     assert {("baseline-hf", "fp32"), ("baseline-raydata", "fp32"), ("ours-annotator", "fp32")} <= rows
     assert {("ours-annotator", "bf16"), ("ours-annotator", "int8")} <= rows
     assert report["ratios"]["tiny"]["ours_int8_over_fp32"] > 0
-    assert any(c == "ours-run" for c, _ in rows)
     for r in report["results"]:
         assert r["docs_per_s"] > 0 and 0 < r["padding_efficiency"] <= 1
         if r["dtype"] == "fp32":  # same answers: speed is never bought with wrong ones
@@ -48,15 +53,18 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_scale_bench_smoke(tmp_path):
-    """`pipeline bench scale` end to end on a tiny corpus: its own multi-node cluster, the sampler."""
+    """`pipeline bench scale` end to end on a tiny corpus: its own cluster, the sampler. On the
+    single-node layout (two `ray start`s less: CI time); the lost-node tests run multi-node ones."""
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "scale", "--sizes", "1000", "--no-kill"]
+    cmd += ["--layout", "single"]
     cmd += ["--out", str(tmp_path / "bench")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "bench" / "scale" / "scale.json").read_text())
     (run,) = report["runs"]
     assert run["report"]["documents"] == 1000 and run["running_docs_per_s"] > 0
-    assert run["max_processes"]["raylets"] == 3 and run["max_processes"]["infer_actors"] == 1
+    assert run["max_processes"]["raylets"] == 1 and run["max_processes"]["infer_actors"] == 1
+    assert run["peak_anon_mib"]["infer_actors"] > 0 and run["forward_s_per_1k"] > 0
     assert run["peak_mib"]["driver"] > 0 and run["series"][-1]["written"] == 1000
     assert (tmp_path / "bench" / "scale" / "scale.png").stat().st_size > 1000
     assert "| documents | layout |" in done.stdout
