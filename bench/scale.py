@@ -189,9 +189,10 @@ def chart(results: dict, path: Path) -> None:
         series = run["series"]
         t = [s["t"] for s in series]
         written = [s["written"] for s in series]
-        rate = []  # over 30 s: output lands a file (thousands of rows) at a time
+        rate, j = [], 0  # over 30 s: output lands a file (thousands of rows) at a time
         for i, (ti, wi) in enumerate(zip(t, written, strict=True)):
-            j = next(k for k in range(i + 1) if t[k] >= ti - 30)
+            while t[j] < ti - 30:  # j: the first sample of the window ending at i
+                j += 1
             rate.append((wi - written[j]) / max(1e-9, ti - t[j]) if i > j else 0.0)
         ax = axes[0][col]
         ax.plot(t, written, label="documents written")

@@ -5,9 +5,9 @@ Windows from many documents are pooled, sorted by length, run in micro-batches o
 `pad_multiple` (8), and scattered back in input order. Batches are cut where the lengths
 jump: on a CPU where the next sequence would lower the batch's tokens per second (padding
 against the measured cost of one more call), in whole multiples of 16 rows, on a GPU where
-padding would pass 10%. A micro-batch that runs out of memory is split and the rest re-planned under a
-lower budget; one that fails otherwise is retried one sequence at a time, so one poisoned
-input costs one row an error instead of failing its neighbours.
+padding would pass 10%. A micro-batch that runs out of memory is split and the rest
+re-planned under a lower budget; one that fails otherwise is retried one sequence at a time,
+so one poisoned input costs one row an error instead of failing its neighbours.
 """
 
 from __future__ import annotations

@@ -207,13 +207,13 @@ def _local_fingerprint(path: Path) -> str:
         if f.suffix in (".json", ".txt"):
             h.update(f"{f.name}:".encode() + f.read_bytes())
         elif f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES:
-            h.update(f"{f.name}:{f.stat().st_size}:".encode())
-            _hash_weights(f, h)
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}:".encode())
+            _hash_weights(f, size, h)
     return f"local:{h.hexdigest()[:16]}"
 
 
-def _hash_weights(f: Path, h: Any) -> None:
-    size = f.stat().st_size
+def _hash_weights(f: Path, size: int, h: Any) -> None:
     with f.open("rb") as stream:
         if size <= WHOLE_FILE_BYTES:
             h.update(stream.read())
