@@ -61,6 +61,18 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def host_cpu_s() -> dict[str, float]:
+    """This machine's CPU seconds so far, all cores: busy, idle, and stolen by the hypervisor (a
+    neighbour's load on a shared VM: a run that slows with no process using more CPU shows here)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return {}
+    user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return {"busy": busy / CLK_TCK, "idle": (idle + iowait) / CLK_TCK, "steal": steal / CLK_TCK}
+
+
 def kind_of(cmd: str) -> str | None:
     if "gcs_server" in cmd:
         return "gcs"
@@ -183,6 +195,8 @@ class Sampler:
                 self._cpu[pid] = (kind, first, used)
             sample = {
                 "t": round(t - self.started, 2),
+                "cpu_s": self.cpu_used(),
+                "host_cpu_s": host_cpu_s(),
                 "pss_kib": mem,
                 "anon_kib": anon,
                 "largest_kib": largest,
@@ -204,10 +218,15 @@ class Sampler:
         """Peak PSS of the largest single process of each kind."""
         return {k: round(max((s["largest_kib"][k] for s in self.series), default=0) / 1024, 1) for k in KINDS}
 
-    def cpu_share(self) -> dict[str, float]:
-        """Share of the CPU time used while sampled, per kind (every process seen, gone ones too)."""
+    def cpu_used(self) -> dict[str, float]:
+        """CPU seconds used per kind since sampling began (every process seen, gone ones too)."""
         used = dict.fromkeys(KINDS, 0.0)
         for kind, first, last in self._cpu.values():
             used[kind] += last - first
+        return {k: round(v, 2) for k, v in used.items()}
+
+    def cpu_share(self) -> dict[str, float]:
+        """Share of the CPU time used while sampled, per kind."""
+        used = self.cpu_used()
         total = sum(used.values()) or 1.0
         return {k: round(v / total, 3) for k, v in used.items()}

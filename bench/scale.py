@@ -133,8 +133,32 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
     result["running_s_per_1k"] = round(1000 * (report["wall_s"] - startup) / max(1, docs), 3)
     # the model's own share: a slower night with the same forward time is the framework's doing
     result["forward_s_per_1k"] = round(1000 * report["forward_s"] / max(1, docs), 3)
+    result["forward_cpu_s_per_1k"] = round(1000 * report.get("forward_cpu_s", 0.0) / max(1, docs), 3)
     result["within_run_anon_mib"] = within_run(result["series"])
+    result["cpu_ms_per_doc"] = {
+        part: cpu_per_doc(result["series"], lo, hi)
+        for part, (lo, hi) in {"run": (0.0, 1.0), "early": (0.05, 0.3), "late": (0.7, 0.95)}.items()
+    }
     return result
+
+
+def cpu_per_doc(series: list[dict], lo: float, hi: float) -> dict[str, float]:
+    """CPU ms per document written, per process kind, between the samples where `lo` and `hi` of
+    the output was written; with the host's busy, idle and stolen (hypervisor) ms per document.
+    A run that grows slower shows here as the kind whose CPU per document grew, or as none of them
+    and the host's steal or idle instead."""
+    total = series[-1]["written"] if series else 0
+    span = [x for x in series if x["written"] and lo * total <= x["written"] <= hi * total and x.get("cpu_s")]
+    if len(span) < 2 or span[-1]["written"] == span[0]["written"]:
+        return {}
+    a, b = span[0], span[-1]
+    docs = b["written"] - a["written"]
+    out = {k: round(1000 * (b["cpu_s"][k] - a["cpu_s"][k]) / docs, 3) for k in KINDS}
+    for k in ("busy", "idle", "steal"):
+        if k in a.get("host_cpu_s", {}) and k in b.get("host_cpu_s", {}):
+            out[f"host_{k}"] = round(1000 * (b["host_cpu_s"][k] - a["host_cpu_s"][k]) / docs, 3)
+    out["wall"] = round(1000 * (b["t"] - a["t"]) / docs, 3)
+    return out
 
 
 def within_run(series: list[dict], field: str = "anon_kib") -> dict[str, dict[str, float]]:
@@ -271,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     results["growth"]["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
     results["growth"]["forward_per_doc"] = round(b["forward_s_per_1k"] / a["forward_s_per_1k"], 3)
+    if a["forward_cpu_s_per_1k"]:
+        results["growth"]["forward_cpu_per_doc"] = round(
+            b["forward_cpu_s_per_1k"] / a["forward_cpu_s_per_1k"], 3
+        )
     results["cpu_share"] = b["cpu_share"]
     if not args.no_kill:
         cfg, out, measured = by_size[small]
@@ -296,8 +324,11 @@ def main(argv: list[str] | None = None) -> None:
             f"  {r['documents']:,}: anonymous MiB, median early -> late in the run: {r['within_run_anon_mib']}"
         )
         print(
-            f"    peak anonymous MiB per kind {r['peak_anon_mib']}; model forward s per 1k docs {r['forward_s_per_1k']}"
+            f"    peak anonymous MiB per kind {r['peak_anon_mib']}; model forward s per 1k docs "
+            f"{r['forward_s_per_1k']} (CPU {r['forward_cpu_s_per_1k']})"
         )
+        for part, per_doc in r["cpu_ms_per_doc"].items():
+            print(f"    CPU ms per document written, {part}: {per_doc}")
     print(f"  processes per kind: {a['max_processes']} -> {b['max_processes']}")
     print(
         f"time per document after start-up: x{results['growth']['time_per_doc']} "

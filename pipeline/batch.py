@@ -338,6 +338,7 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "padded_tokens": padded,
         "padding_efficiency": round(tokens / padded, 4) if padded else None,
         "forward_s": round(counts.get("forward_s", 0.0), 2),
+        "forward_cpu_s": round(counts.get("forward_cpu_s", 0.0), 2),
         "startup_s": round(counts["startup_s"], 2) if "startup_s" in counts else None,
         "id_check_s": round(counts["id_check_s"], 2) if "id_check_s" in counts else None,
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),

@@ -48,15 +48,24 @@ class RunStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     forward_s: float = 0.0
+    forward_cpu_s: float = 0.0  # the process's CPU time in forwards: below forward_s = starved of CPU
     oom_splits: int = 0
 
     def add(self, other: RunStats) -> None:
-        for name in ("sequences", "batches", "real_tokens", "padded_tokens", "forward_s", "oom_splits"):
+        for name in (
+            "sequences",
+            "batches",
+            "real_tokens",
+            "padded_tokens",
+            "forward_s",
+            "forward_cpu_s",
+            "oom_splits",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def since(self, before: RunStats) -> dict[str, float]:
         """What was counted after `before` was taken: one batch's share, for the run report."""
-        names = ("sequences", "real_tokens", "padded_tokens", "forward_s", "oom_splits")
+        names = ("sequences", "real_tokens", "padded_tokens", "forward_s", "forward_cpu_s", "oom_splits")
         return {n: getattr(self, n) - getattr(before, n) for n in names}
 
     def as_dict(self) -> dict[str, float]:
@@ -68,6 +77,7 @@ class RunStats:
             "padded_tokens": self.padded_tokens,
             "padding_efficiency": round(eff, 4),
             "forward_s": round(self.forward_s, 3),
+            "forward_cpu_s": round(self.forward_cpu_s, 3),
             "oom_splits": self.oom_splits,
         }
 
@@ -289,7 +299,7 @@ class ModelRunner:
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = seq
         mask = (np.arange(width)[None, :] < lens[:, None]).astype(np.int64)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             logits = self.model(
                 input_ids=torch.from_numpy(ids).to(self.device, non_blocking=True),
@@ -299,6 +309,7 @@ class ModelRunner:
         seconds = time.perf_counter() - t0
         self.cost.add(ids.size, seconds)
         self.stats.forward_s += seconds
+        self.stats.forward_cpu_s += time.process_time() - c0
         self.stats.sequences += len(batch)
         self.stats.batches += 1
         self.stats.real_tokens += int(lens.sum())

@@ -105,6 +105,7 @@ def report_infer(tally: str | None, delta: dict[str, float]) -> None:
             "tokens": delta["real_tokens"],
             "padded_tokens": delta["padded_tokens"],
             "forward_s": delta["forward_s"],
+            "forward_cpu_s": delta["forward_cpu_s"],
             "oom_splits": delta["oom_splits"],
         },
     )
