@@ -24,6 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.cluster import WARM_WORKERS
+
 GIB = 1024**3
 
 
@@ -76,7 +78,7 @@ class LocalCluster:
         self.head = head or Node(cpus=0, object_store_gib=0.5)
         self.workers = list(workers)
         self.dashboard = dashboard
-        self.system_config = system_config
+        self.system_config = {**WARM_WORKERS, **(system_config or {})}  # as cluster.yaml starts it
         self.env = cluster_env(token or secrets.token_hex(24))
         self.temp_dir = tempfile.mkdtemp(prefix="bp-cluster-", dir="/tmp")
         self.port = free_port()
@@ -100,7 +102,7 @@ class LocalCluster:
             self.dashboard_url = f"http://127.0.0.1:{port}"
         else:
             head += ["--include-dashboard=false"]
-        if self.system_config:  # e.g. faster node-failure detection in tests
+        if self.system_config:
             head.append(f"--system-config={json.dumps(self.system_config)}")
         try:
             self._start(head, self.head)

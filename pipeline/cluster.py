@@ -7,6 +7,13 @@ different set-ups.
 
 from __future__ import annotations
 
+# The head's `--system-config` for a night's cluster (cluster.yaml; the bench and test clusters
+# use it too). Ray kills a worker process that has been idle 1 s once a node has more workers
+# than CPUs, which fractional-CPU stages always do; a backpressured encode or write then starts
+# a fresh process that imports the tokenizer stack again (~5 CPU-s). On 1M documents that was
+# 38 fresh CPU workers and 0.3 ms of CPU per document; kept for 60 s, they are reused.
+WARM_WORKERS = {"idle_worker_killing_time_threshold_ms": 60_000}
+
 
 def ensure_ray(address: str | None) -> None:
     """Connect to the given cluster (or RAY_ADDRESS); otherwise start a local instance."""
