@@ -53,12 +53,12 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0), fields.get("Pss_Anon", 0)
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return None  # gone: its last reading stands
 
 
 def host_cpu_s() -> dict[str, float]:
@@ -191,8 +191,9 @@ class Sampler:
                 largest[kind] = max(largest[kind], pss)
                 count[kind] += 1
                 used = _cpu_s(pid)
-                first = self._cpu.get(pid, (kind, used, used))[1]
-                self._cpu[pid] = (kind, first, used)
+                if used is not None:
+                    first = self._cpu.get(pid, (kind, used, used))[1]
+                    self._cpu[pid] = (kind, first, used)
             sample = {
                 "t": round(t - self.started, 2),
                 "cpu_s": self.cpu_used(),

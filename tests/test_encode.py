@@ -57,3 +57,35 @@ def test_empty_and_whitespace_have_no_tokens_but_one_window(tok):
     for d in docs:
         assert d.error is None and len(d.streams["m"]) == 0
         assert window_spans(0, 512, 128, 2, False).tolist() == [[0, 0]]
+
+
+def test_streams_equal_the_tokenizers_own_call(tiny_models, corpus, tmp_path):
+    """The Rust backend called directly gives what `tok(texts, add_special_tokens=False)` gives, also
+    for a tokenizer.json that asks for truncation and padding (which that call switches off)."""
+    import json
+    import shutil
+
+    src = tiny_models[1]
+    dst = tmp_path / "truncating"
+    shutil.copytree(src, dst)
+    state = json.loads((dst / "tokenizer.json").read_text())
+    state["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    state["padding"] = {
+        "strategy": {"Fixed": 16},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
+    (dst / "tokenizer.json").write_text(json.dumps(state))
+    texts = [t for t in corpus if t.strip()] + ["[CLS] literal [SEP] tokens [PAD] [MASK]"]
+    for path in (src, dst):
+        tok = AutoTokenizer.from_pretrained(str(path))
+        ref = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        docs = Encoder({"m": tok}, 10**6).encode(texts)
+        assert [d.streams["m"].ids.tolist() for d in docs] == ref["input_ids"], path
+        assert [[tuple(o) for o in d.streams["m"].offsets.tolist()] for d in docs] == [
+            [tuple(o) for o in offs] for offs in ref["offset_mapping"]
+        ], path
+    assert max(len(ids) for ids in ref["input_ids"]) > 16, "long texts are not truncated or padded"
