@@ -90,9 +90,9 @@ def _canonical(values: pa.Array) -> pa.Array:
     return values
 
 
-# max_calls=1: each task's worker exits when it is done, rather than idling (for 60 s on a cluster
-# with warm workers, see pipeline.cluster) beside the night's workers; a 1M-document check ran
-# six of them: 1,408 MiB of CPU workers at the peak against 1,051 for 100k.
+# max_calls=1: each task's worker exits when it is done, rather than idling (60 s on a cluster with
+# warm workers, see pipeline.cluster) beside the night's workers. A 1M-document check's 8 tasks
+# did that for the first minute: 1,408 MiB of CPU workers at the peak against 1,051 for 100k.
 @ray.remote(max_calls=1)
 def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
     nulls = 0
