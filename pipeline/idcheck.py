@@ -90,10 +90,10 @@ def _canonical(values: pa.Array) -> pa.Array:
     return values
 
 
-# max_calls=1: each task's worker exits when it is done, rather than idling (60 s on a cluster with
-# warm workers, see pipeline.cluster) beside the night's workers. A 1M-document check's 8 tasks
-# did that for the first minute: 1,408 MiB of CPU workers at the peak against 1,051 for 100k.
-@ray.remote(max_calls=1)
+# Not max_calls=1, although these workers then idle beside the night's for a minute on a cluster
+# with warm workers (pipeline.cluster; 1,408 MiB of CPU workers at the 1M peak against 1,051 for
+# 100k): a fresh worker per task cost 6-7 s on every run here.
+@ray.remote
 def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
     nulls = 0
     pieces: list[list[pa.Array]] = [[] for _ in range(parts)]
@@ -117,7 +117,7 @@ def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
     return (nulls, *[pa.chunked_array(p) if p else pa.chunked_array([], pa.int64()) for p in pieces])
 
 
-@ray.remote(max_calls=1)
+@ray.remote
 def _repeats(*pieces: pa.ChunkedArray) -> tuple[int, list]:
     chunks = [c for p in pieces for c in p.chunks if len(c)]
     if not chunks:
