@@ -148,7 +148,7 @@ def cpu_per_doc(series: list[dict], lo: float, hi: float) -> dict[str, float]:
     A run that grows slower shows here as the kind whose CPU per document grew, or as none of them
     and the host's steal or idle instead."""
     total = series[-1]["written"] if series else 0
-    span = [x for x in series if x["written"] and lo * total <= x["written"] <= hi * total and x.get("cpu_s")]
+    span = [x for x in series if x["written"] and lo * total <= x["written"] <= hi * total]
     if len(span) < 2 or span[-1]["written"] == span[0]["written"]:
         return {}
     a, b = span[0], span[-1]

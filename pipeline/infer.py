@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,16 +52,8 @@ class RunStats:
     oom_splits: int = 0
 
     def add(self, other: RunStats) -> None:
-        for name in (
-            "sequences",
-            "batches",
-            "real_tokens",
-            "padded_tokens",
-            "forward_s",
-            "forward_cpu_s",
-            "oom_splits",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def since(self, before: RunStats) -> dict[str, float]:
         """What was counted after `before` was taken: one batch's share, for the run report."""
