@@ -56,7 +56,7 @@ def workload(corpus: Path, cls_dir: Path, ner_dir: Path, max_length: int, stride
     models = load_models(cfg, weights=False)
     texts = pq.read_table(str(corpus)).column("text").to_pylist()
     docs = Encoder.for_models(models, cfg.runtime.max_chars).encode(texts)
-    framing = framing_of(models["ner"].tokenizer)
+    framing = framing_of(models["ner"].facts.tokenizer)
     cls_len, ner_len = [], []
     for d in docs:
         n = len(d.streams["ner"])

@@ -9,12 +9,13 @@ the stream, whatever their kind, max_length or stride. The windows equal Hugging
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pipeline.model_facts import TokenizerFacts
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,11 @@ class Framing:
         return np.concatenate([self.prefix, ids, self.suffix])
 
 
-def framing_of(tokenizer: Any) -> Framing:
-    """Read the special-token template off the tokenizer itself, so any BERT-family model works."""
-    probe = "a"
-    inner = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    outer = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for i in range(len(outer) - len(inner) + 1):
-        if outer[i : i + len(inner)] == inner:
-            prefix, suffix = outer[:i], outer[i + len(inner) :]
-            break
-    else:  # pragma: no cover - no tokenizer we support does this
-        raise ValueError("cannot find the special-token template of this tokenizer")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Framing(np.asarray(prefix, np.int32), np.asarray(suffix, np.int32), int(pad))
+def framing_of(tokenizer: TokenizerFacts) -> Framing:
+    """The special-token template read off the tokenizer itself, so any BERT-family model works."""
+    return Framing(
+        np.asarray(tokenizer.prefix, np.int32), np.asarray(tokenizer.suffix, np.int32), tokenizer.pad_id
+    )
 
 
 def window_spans(n_tokens: int, max_length: int, stride: int, n_special: int, first_only: bool) -> np.ndarray:
@@ -84,18 +77,9 @@ def window_spans(n_tokens: int, max_length: int, stride: int, n_special: int, fi
     return np.stack([starts, ends], axis=1)
 
 
-def same_tokenizer(a: Any, b: Any) -> bool:
+def same_tokenizer(a: TokenizerFacts, b: TokenizerFacts) -> bool:
     """True when two fast tokenizers produce identical ids and offsets for every text."""
-    if a is b:
-        return True
-
-    def canonical(tok: Any) -> dict:
-        state = json.loads(tok.backend_tokenizer.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        return state
-
-    return canonical(a) == canonical(b)
+    return a is b or a.canonical() == b.canonical()
 
 
 def text_error(text: object, max_chars: int) -> str | None:
@@ -112,7 +96,7 @@ def text_error(text: object, max_chars: int) -> str | None:
 class Tokenizer:
     """Wraps one fast tokenizer: many texts in, one `Tokens` (or an error) per text out."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: TokenizerFacts) -> None:
         self.tokenizer = tokenizer
         self.backend = plain_backend(tokenizer)
 
@@ -139,16 +123,16 @@ class Tokenizer:
         ]
 
 
-def plain_backend(tokenizer: Any) -> Any:
+def plain_backend(tokenizer: TokenizerFacts) -> Any:
     """The Rust tokenizer under a fast tokenizer, set up as `tokenizer(texts, add_special_tokens=False)`
     runs it (no truncation, no padding, its special-token splitting), called without transformers'
     per-text conversion to Python dicts: 85 us of CPU per short document instead of 107."""
     from tokenizers import Tokenizer as RustTokenizer
 
-    backend = RustTokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend = RustTokenizer.from_str(tokenizer.state)
     backend.no_truncation()
     backend.no_padding()
-    backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    backend.encode_special_tokens = tokenizer.split_special_tokens
     return backend
 
 
@@ -159,7 +143,7 @@ class Encoder:
     group, which is also how the token streams are named between the batch job's stages.
     """
 
-    def __init__(self, tokenizers: dict[str, Any], max_chars: int) -> None:
+    def __init__(self, tokenizers: dict[str, TokenizerFacts], max_chars: int) -> None:
         self.max_chars = max_chars
         self.groups: list[Tokenizer] = []
         self.group_of: dict[str, int] = {}
@@ -177,7 +161,7 @@ class Encoder:
 
     @classmethod
     def for_models(cls, models: dict, max_chars: int) -> Encoder:
-        return cls({name: lm.tokenizer for name, lm in models.items()}, max_chars)
+        return cls({name: lm.facts.tokenizer for name, lm in models.items()}, max_chars)
 
     def encode(self, texts: Sequence[object], names: Collection[str] | None = None) -> list[Encoded]:
         """One `Encoded` per text, with streams for `names` (default: every model)."""

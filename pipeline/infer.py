@@ -335,7 +335,7 @@ class InferenceEngine:
         self.runners: dict[str, ModelRunner] = {}
         self.framing: dict[str, Framing] = {}
         for name, lm in models.items():
-            framing = framing_of(lm.tokenizer)
+            framing = framing_of(lm.facts.tokenizer)
             self.framing[name] = framing
             self.runners[name] = ModelRunner(
                 lm.model,

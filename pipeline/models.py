@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from filelock import FileLock
 
 from pipeline.config import HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
+from pipeline.model_facts import ModelFacts, saved_facts
 from pipeline.storage import is_s3, s3_filesystem, strip_scheme
 
 if TYPE_CHECKING:
@@ -46,11 +47,14 @@ class LoadedModel:
     spec: ModelSpec
     path: Path
     revision: str
-    tokenizer: Any
-    model: Any  # None when loaded without weights (encode/decode workers)
-    id2label: dict[int, str]
-    config: Any = field(repr=False, default=None)
+    facts: ModelFacts = field(repr=False)  # tokenizer, labels, scoring: what encode and decode read
+    tokenizer: Any = field(repr=False, default=None)  # the HF tokenizer; None without weights
+    model: Any = None  # None when loaded without weights (encode/decode workers)
     dtype: str | None = None  # what the weights run in: fp32, bf16, fp16, int8; None without weights
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self.facts.id2label
 
     @property
     def kind(self) -> str:
@@ -328,28 +332,15 @@ def load_model(
     (CPU only), "verified" quantizes only where `pipeline models quantize` measured that
     int8 meets the quality gate and is faster on this machine (what `dtype: auto` asks).
     """
-    from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per weight file is noise in job logs
     path, revision = resolve_source(spec, s3, cache_dir)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model source {spec.source} has no config.json")
     check_weights_safe(path, spec.allow_pickle)
-    tokenizer = load_tokenizer(path, spec.source)
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read config of {spec.source}: {exc}") from None
-    max_pos = getattr(config, "max_position_embeddings", None)
-    if max_pos and spec.max_length > max_pos:
-        raise ModelLoadError(
-            f"models.{name}.max_length is {spec.max_length} but {spec.source} has only {max_pos} positions"
-        )
-    id2label = {int(k): str(v) for k, v in config.id2label.items()}
-    loaded = LoadedModel(name, spec, path, revision, tokenizer, None, id2label, config=config)
-    if not weights:
-        return loaded
+    if not weights:  # transformers (and torch with it) is imported only where facts are not saved yet
+        facts = saved_facts(path, revision, cache_dir, lambda: ModelFacts.of(*_read_hf(path, spec.source)))
+        return _checked(LoadedModel(name, spec, path, revision, facts))
+    tokenizer, config = _read_hf(path, spec.source)
+    loaded = _checked(LoadedModel(name, spec, path, revision, ModelFacts.of(tokenizer, config), tokenizer))
     device = device or _cpu()
     if _use_int8(int8, loaded, device, cache_dir):
         from pipeline.quantize import int8_model
@@ -363,6 +354,29 @@ def load_model(
         loaded.model = _load_weights(spec, path, device, dtype)
         loaded.dtype = dtype_name(loaded.model.dtype)
     return loaded
+
+
+def _read_hf(path: Path, source: str) -> tuple[Any, Any]:
+    """The model's HF tokenizer and config."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per weight file is noise in job logs
+    tokenizer = load_tokenizer(path, source)
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read config of {source}: {exc}") from None
+    return tokenizer, config
+
+
+def _checked(lm: LoadedModel) -> LoadedModel:
+    max_pos = lm.facts.max_positions
+    if max_pos and lm.spec.max_length > max_pos:
+        raise ModelLoadError(
+            f"models.{lm.name}.max_length is {lm.spec.max_length} but {lm.spec.source} has only {max_pos} positions"
+        )
+    return lm
 
 
 def _cpu() -> torch.device:

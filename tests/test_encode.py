@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from pipeline.encode import Encoder, framing_of, window_spans
+from pipeline.model_facts import TokenizerFacts
 
 
 @pytest.fixture(scope="module")
@@ -15,17 +16,21 @@ def tok(tiny_models):
     return AutoTokenizer.from_pretrained(str(tiny_models[1]))
 
 
+def encoder(tok) -> Encoder:
+    return Encoder({"m": TokenizerFacts.of(tok)}, 10**6)
+
+
 def test_windows_equal_hf_overflow(tok):
     rng = random.Random(0)
     words = "alpha beta gamma delta epsilon zeta eta theta Zürich ﬁne".split()
-    framing = framing_of(tok)
+    framing = framing_of(TokenizerFacts.of(tok))
     assert framing.n_special == 2
     for _ in range(200):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 60)))
         max_len = rng.randint(4, 24)
         stride = rng.randint(0, max_len - 3)
         ref = tok(text, truncation=True, max_length=max_len, stride=stride, return_overflowing_tokens=True)
-        (doc,) = Encoder({"m": tok}, 10**6).encode([text])
+        (doc,) = encoder(tok).encode([text])
         spans = window_spans(len(doc.streams["m"]), max_len, stride, framing.n_special, first_only=False)
         ours = [framing.frame(doc.streams["m"].ids[s:e]).tolist() for s, e in spans]
         assert ours == ref["input_ids"], (text, max_len, stride)
@@ -33,8 +38,8 @@ def test_windows_equal_hf_overflow(tok):
 
 def test_first_only_is_hf_truncation(tok):
     text = "one two three four five six seven eight nine ten"
-    (doc,) = Encoder({"m": tok}, 10**6).encode([text])
-    framing = framing_of(tok)
+    (doc,) = encoder(tok).encode([text])
+    framing = framing_of(TokenizerFacts.of(tok))
     ((s, e),) = window_spans(len(doc.streams["m"]), 6, 0, 2, first_only=True)
     assert (
         framing.frame(doc.streams["m"].ids[s:e]).tolist()
@@ -43,7 +48,7 @@ def test_first_only_is_hf_truncation(tok):
 
 
 def test_offsets_index_the_original_string(tok, corpus):
-    for text, doc in zip(corpus, Encoder({"m": tok}, 10**6).encode(corpus), strict=True):
+    for text, doc in zip(corpus, encoder(tok).encode(corpus), strict=True):
         offs = doc.streams["m"].offsets
         assert (offs[:, 0] <= offs[:, 1]).all() and (offs[:, 1] <= len(text)).all()
         tokens = tok.convert_ids_to_tokens(doc.streams["m"].ids.tolist())
@@ -53,7 +58,7 @@ def test_offsets_index_the_original_string(tok, corpus):
 
 
 def test_empty_and_whitespace_have_no_tokens_but_one_window(tok):
-    docs = Encoder({"m": tok}, 10**6).encode(["", " \t\n", "\x00\x07"])
+    docs = encoder(tok).encode(["", " \t\n", "\x00\x07"])
     for d in docs:
         assert d.error is None and len(d.streams["m"]) == 0
         assert window_spans(0, 512, 128, 2, False).tolist() == [[0, 0]]
@@ -83,7 +88,7 @@ def test_streams_equal_the_tokenizers_own_call(tiny_models, corpus, tmp_path):
     for path in (src, dst):
         tok = AutoTokenizer.from_pretrained(str(path))
         ref = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-        docs = Encoder({"m": tok}, 10**6).encode(texts)
+        docs = encoder(tok).encode(texts)
         assert [d.streams["m"].ids.tolist() for d in docs] == ref["input_ids"], path
         assert [[tuple(o) for o in d.streams["m"].offsets.tolist()] for d in docs] == [
             [tuple(o) for o in offs] for offs in ref["offset_mapping"]

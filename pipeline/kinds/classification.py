@@ -24,14 +24,13 @@ if TYPE_CHECKING:
 TOP_LABEL = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
 
-def scoring_function(config: Any, requested: str) -> str:
+def scoring_function(facts: Any, requested: str) -> str:
     """softmax | sigmoid | none, decided exactly as TextClassificationPipeline decides."""
     if requested != "default":
         return requested
-    problem = getattr(config, "problem_type", None)
-    if problem == "regression":
+    if facts.problem_type == "regression":
         return "none"
-    if problem == "multi_label_classification" or config.num_labels == 1:
+    if facts.problem_type == "multi_label_classification" or facts.num_labels == 1:
         return "sigmoid"
     return "softmax"
 
@@ -62,7 +61,7 @@ class ClassDecoder(KindDecoder):
     def __init__(self, lm: Any) -> None:
         spec: ClassifierSpec = lm.spec
         self.labels = [lm.id2label[i] for i in range(len(lm.id2label))]
-        self.function = scoring_function(lm.config, spec.function_to_apply)
+        self.function = scoring_function(lm.facts, spec.function_to_apply)
         self.top_k = spec.top_k
 
     def scores(self, logits: np.ndarray) -> np.ndarray:

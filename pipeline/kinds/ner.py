@@ -132,7 +132,7 @@ class NerDecoder(KindDecoder):
 
     def __init__(self, lm: Any) -> None:
         spec: NerSpec = lm.spec
-        tok = lm.tokenizer
+        tok = lm.facts.tokenizer
         self.aggregation = spec.aggregation
         self.ignore = set(spec.ignore_labels)
         n = len(lm.id2label)
@@ -147,12 +147,10 @@ class NerDecoder(KindDecoder):
         names = self.labels if self.aggregation == "none" else self.group_name
         self.kept = np.array([nm not in self.ignore for nm in names])
         self.names = names
-        self.unk_id = tok.unk_token_id if tok.unk_token_id is not None else -1
-        model = getattr(getattr(tok, "_tokenizer", None), "model", None)
-        self.word_aware = bool(getattr(model, "continuing_subword_prefix", None))
+        self.unk_id = tok.unk_id if tok.unk_id is not None else -1
+        self.word_aware = bool(tok.subword_prefix)
         if self.word_aware:
-            vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
-            self.token_len = np.array([len(t) if t is not None else -1 for t in vocab], dtype=np.int64)
+            self.token_len = np.array(tok.token_lens, dtype=np.int64)
 
     def decode(self, texts: Sequence[object], batch: KindBatch, ok: np.ndarray) -> NerDecoded:
         assert isinstance(batch, FlatNer)

@@ -1,0 +1,152 @@
+"""What encoding and decoding need of a model, as plain data saved once per model and node.
+
+Encode and decode workers and the Serve ingress need a model's tokenizer, special tokens,
+vocabulary and labels, never its weights. Reading those through transformers imports torch:
+about 4 CPU-s and 350 MB per fresh worker, and a million-document night starts dozens of
+workers. So the facts are read through transformers once per model revision and node, saved
+as JSON beside the model cache, and every later worker builds its tokenizer from them with
+`tokenizers` alone. Read off the Hugging Face objects, they are what transformers would use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+FORMAT = 1  # bump when the fields change: older saved facts are then rebuilt
+READ_SUFFIXES = (".json", ".txt", ".model")  # config, tokenizer and vocabulary files
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """A fast tokenizer as the pipeline uses it: its Rust state, its special-token template
+    around one sequence, and the token lengths NER needs to find word boundaries."""
+
+    state: str  # the Rust tokenizer's JSON (`backend_tokenizer.to_str()`)
+    split_special_tokens: bool
+    prefix: tuple[int, ...]  # special tokens before one sequence
+    suffix: tuple[int, ...]  # and after it
+    pad_id: int
+    unk_id: int | None
+    subword_prefix: str | None  # `##` for WordPiece: tokens that continue a word
+    token_lens: tuple[int, ...]  # characters of each id's token (-1: none); only with subword_prefix
+
+    @classmethod
+    def of(cls, tok: Any) -> TokenizerFacts:
+        prefix, suffix = _template(tok)
+        model = getattr(getattr(tok, "_tokenizer", None), "model", None)
+        subword = getattr(model, "continuing_subword_prefix", None) or None
+        lens: tuple[int, ...] = ()
+        if subword:
+            lens = tuple(
+                len(t) if t is not None else -1 for t in tok.convert_ids_to_tokens(list(range(len(tok))))
+            )
+        return cls(
+            state=tok.backend_tokenizer.to_str(),
+            split_special_tokens=bool(getattr(tok, "split_special_tokens", False)),
+            prefix=tuple(prefix),
+            suffix=tuple(suffix),
+            pad_id=int(tok.pad_token_id) if tok.pad_token_id is not None else 0,
+            unk_id=tok.unk_token_id,
+            subword_prefix=subword,
+            token_lens=lens,
+        )
+
+    def canonical(self) -> dict[str, Any]:
+        """What decides ids and offsets of `tok(texts, add_special_tokens=False)`: two tokenizers
+        with equal canonical forms tokenize every text the same."""
+        state = json.loads(self.state)
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return {"state": state, "split_special_tokens": self.split_special_tokens}
+
+
+def _template(tok: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts around one sequence, read off the tokenizer itself."""
+    probe = "a"
+    inner = tok(probe, add_special_tokens=False)["input_ids"]
+    outer = tok(probe, add_special_tokens=True)["input_ids"]
+    for i in range(len(outer) - len(inner) + 1):
+        if outer[i : i + len(inner)] == inner:
+            return outer[:i], outer[i + len(inner) :]
+    raise ValueError("cannot find the special-token template of this tokenizer")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A model's tokenizer facts and what its config says about labels and scoring."""
+
+    tokenizer: TokenizerFacts
+    id2label: dict[int, str]
+    problem_type: str | None
+    num_labels: int
+    max_positions: int | None
+
+    @classmethod
+    def of(cls, tok: Any, config: Any) -> ModelFacts:
+        return cls(
+            tokenizer=TokenizerFacts.of(tok),
+            id2label={int(k): str(v) for k, v in config.id2label.items()},
+            problem_type=getattr(config, "problem_type", None),
+            num_labels=int(config.num_labels),
+            max_positions=getattr(config, "max_position_embeddings", None),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT} | asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelFacts:
+        data = json.loads(text)
+        if data.pop("format", None) != FORMAT:
+            raise ValueError("saved model facts of another format")
+        tok = data.pop("tokenizer")
+        tok = {k: tuple(v) if isinstance(v, list) else v for k, v in tok.items()}
+        data["id2label"] = {int(k): v for k, v in data["id2label"].items()}
+        return cls(tokenizer=TokenizerFacts(**tok), **data)
+
+
+def saved_facts(path: Path, revision: str, cache_dir: Path, read: Callable[[], ModelFacts]) -> ModelFacts:
+    """The facts of the model at `path`, from this node's cache, or `read` (through transformers)
+    and saved there; workers that start together wait on a file lock for the one that reads."""
+    target = cache_dir / "facts" / f"{_key(path, revision)}.json"
+    found = _load(target)
+    if found is not None:
+        return found
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=600):
+        found = _load(target)
+        if found is not None:
+            return found
+        facts = read()
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        tmp.write_text(facts.to_json())
+        tmp.replace(target)
+        return facts
+
+
+def _load(target: Path) -> ModelFacts | None:
+    try:
+        return ModelFacts.from_json(target.read_text())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # absent, torn or of another format: read the model again
+
+
+def _key(path: Path, revision: str) -> str:
+    """Names one model directory's facts: its revision, and the size and mtime of every file
+    they are read from (a revision need not cover each), under these library versions."""
+    files = sorted(
+        (f.name, st.st_size, st.st_mtime_ns)
+        for f in path.iterdir()
+        if f.suffix in READ_SUFFIXES and f.is_file() and (st := f.stat())
+    )
+    blob = [FORMAT, revision, str(path.resolve()), version("transformers"), version("tokenizers"), files]
+    return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:24]
