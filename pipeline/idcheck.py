@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,13 +41,18 @@ def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cp
     """Raise InputError naming some repeated ids (or counting null ones); else say what it cost."""
     started = time.time()
     parts = max(1, min(MAX_PARTS, math.ceil(inputs.rows / CHUNK_IDS)))
-    split = _split.options(num_cpus=cpus, num_returns=parts + 1)
-    shares = [split.remote(paths, fs, id_column, parts) for paths in _shares(inputs)]
+    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy="SPREAD")
+    shares = _windowed(
+        [partial(split.remote, paths, fs, id_column, parts) for paths in _shares(inputs)], window
+    )
     nulls = sum(ray.get([share[0] for share in shares]))
     if nulls:
         raise InputError(f"{nulls} input rows have a null {id_column!r}; every row needs an id")
-    find = _repeats.options(num_cpus=cpus)
-    found = ray.get([find.remote(*[share[1 + p] for share in shares]) for p in range(parts)])
+    find = _repeats.options(num_cpus=cpus, scheduling_strategy="SPREAD")
+    found = ray.get(
+        _windowed([partial(find.remote, *[s[1 + p] for s in shares]) for p in range(parts)], window)
+    )
     repeated = sum(n for n, _ in found)
     if repeated:
         examples = ", ".join(repr(v) for _, ex in found for v in ex)
@@ -54,6 +62,23 @@ def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cp
             "input, or set input.check_unique_ids: false if you accept that risk"
         )
     return IdCheck(inputs.rows, time.time() - started, len(shares) + parts)
+
+
+def _windowed(submits: list[Callable[[], Any]], window: int) -> list[Any]:
+    """What each `submit()` returns (a task's ref, or its list of refs), with at most
+    `window` in flight, spread over the nodes. The check is CPU-bound: more tasks at once than
+    the cluster has CPUs add worker processes, not speed, and those workers then idle beside
+    the night's for a minute (pipeline.cluster.WARM_WORKERS): 4 at 1M documents on the bench's
+    2-CPU cluster, where the night itself needs 2."""
+    out: list = []
+    pending: list = []
+    for submit in submits:
+        if len(pending) >= window:
+            _, pending = ray.wait(pending, num_returns=1)
+        refs = submit()
+        out.append(refs)
+        pending.append(refs[0] if isinstance(refs, list) else refs)
+    return out
 
 
 def _shares(inputs: InputFiles) -> list[list[str]]:
@@ -90,9 +115,8 @@ def _canonical(values: pa.Array) -> pa.Array:
     return values
 
 
-# Not max_calls=1, although these workers then idle beside the night's for a minute on a cluster
-# with warm workers (pipeline.cluster; 1,408 MiB of CPU workers at the 1M peak against 1,051 for
-# 100k): a fresh worker per task cost 6-7 s on every run here.
+# Not max_calls=1, so that the night reuses these workers: a fresh worker per task cost 6-7 s
+# on every run here. `_windowed` keeps their number at the cluster's CPUs instead.
 @ray.remote
 def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
     nulls = 0

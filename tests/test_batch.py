@@ -196,6 +196,34 @@ def test_repeated_or_null_ids_stop_before_any_work(ray_cluster, tiny_models, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_id_check_over_many_shares_finds_repeats_across_them(ray_cluster, tmp_path, monkeypatch):
+    """Ids hashed into partitions across more tasks than the cluster has CPUs (so tasks wait
+    for a slot): a repeat between the first and the last file is found, and nothing else is."""
+    import pyarrow as pa
+    from pyarrow.fs import LocalFileSystem
+
+    from pipeline import idcheck
+    from pipeline.inputs import discover, inspect
+
+    monkeypatch.setattr(idcheck, "CHUNK_IDS", 8)
+    fs = LocalFileSystem()
+    for repeat in (None, 3):
+        root = tmp_path / f"in-{repeat}"
+        root.mkdir()
+        for k in range(10):
+            ids = list(range(k * 8, k * 8 + 8))
+            if k == 9 and repeat is not None:
+                ids[-1] = repeat
+            pq.write_table(pa.table({"id": ids, "text": ["x"] * 8}), root / f"part-{k}.parquet")
+        inputs = inspect(discover(str(root), fs), fs, ["id", "text"], "fail", "id")
+        if repeat is None:
+            checked = idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+            assert checked.ids == 80 and checked.tasks == 10 + 10, checked
+        else:
+            with pytest.raises(InputError, match=r"1 ids occur more than once in column 'id' \(e.g. 3\)"):
+                idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+
+
 @pytest.mark.parametrize(
     "name, body, kind",
     [
