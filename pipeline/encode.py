@@ -55,7 +55,8 @@ class Framing:
 
 
 def framing_of(tokenizer: TokenizerFacts) -> Framing:
-    """The special-token template read off the tokenizer itself, so any BERT-family model works."""
+    """The special tokens around one sequence and the padding id, as read off the tokenizer itself
+    (`TokenizerFacts.of`), so any BERT-family model works."""
     return Framing(
         np.asarray(tokenizer.prefix, np.int32), np.asarray(tokenizer.suffix, np.int32), tokenizer.pad_id
     )

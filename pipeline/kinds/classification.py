@@ -20,11 +20,12 @@ from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, sigmo
 if TYPE_CHECKING:
     from pipeline.config import ClassifierSpec, ModelSpec
     from pipeline.encode import Framing, Tokens
+    from pipeline.model_facts import ModelFacts
 
 TOP_LABEL = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
 
-def scoring_function(facts: Any, requested: str) -> str:
+def scoring_function(facts: ModelFacts, requested: str) -> str:
     """softmax | sigmoid | none, decided exactly as TextClassificationPipeline decides."""
     if requested != "default":
         return requested
