@@ -25,12 +25,13 @@ def test_windows_equal_hf_overflow(tok):
     words = "alpha beta gamma delta epsilon zeta eta theta Zürich ﬁne".split()
     framing = framing_of(TokenizerFacts.of(tok))
     assert framing.n_special == 2
+    enc = encoder(tok)
     for _ in range(200):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 60)))
         max_len = rng.randint(4, 24)
         stride = rng.randint(0, max_len - 3)
         ref = tok(text, truncation=True, max_length=max_len, stride=stride, return_overflowing_tokens=True)
-        (doc,) = encoder(tok).encode([text])
+        (doc,) = enc.encode([text])
         spans = window_spans(len(doc.streams["m"]), max_len, stride, framing.n_special, first_only=False)
         ours = [framing.frame(doc.streams["m"].ids[s:e]).tolist() for s, e in spans]
         assert ours == ref["input_ids"], (text, max_len, stride)
