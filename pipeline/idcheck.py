@@ -42,14 +42,15 @@ def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cp
     started = time.time()
     parts = max(1, min(MAX_PARTS, math.ceil(inputs.rows / CHUNK_IDS)))
     window = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy="SPREAD")
-    shares = _windowed(
-        [partial(split.remote, paths, fs, id_column, parts) for paths in _shares(inputs)], window
-    )
+    groups = _shares(inputs)
+    # one task runs where the driver is, on a worker the night then reuses; several are spread
+    where = "SPREAD" if len(groups) > 1 else "DEFAULT"
+    split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy=where)
+    shares = _windowed([partial(split.remote, paths, fs, id_column, parts) for paths in groups], window)
     nulls = sum(ray.get([share[0] for share in shares]))
     if nulls:
         raise InputError(f"{nulls} input rows have a null {id_column!r}; every row needs an id")
-    find = _repeats.options(num_cpus=cpus, scheduling_strategy="SPREAD")
+    find = _repeats.options(num_cpus=cpus, scheduling_strategy=where)
     found = ray.get(
         _windowed([partial(find.remote, *[s[1 + p] for s in shares]) for p in range(parts)], window)
     )
@@ -66,7 +67,7 @@ def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cp
 
 def _windowed(submits: list[Callable[[], Any]], window: int) -> list[Any]:
     """What each `submit()` returns (a task's ref, or its list of refs), with at most
-    `window` in flight, spread over the nodes. The check is CPU-bound: more tasks at once than
+    `window` in flight. The check is CPU-bound: more tasks at once than
     the cluster has CPUs add worker processes, not speed, and those workers then idle beside
     the night's for a minute (pipeline.cluster.WARM_WORKERS): 4 at 1M documents on the bench's
     2-CPU cluster, where the night itself needs 2."""
