@@ -80,7 +80,7 @@ def window_spans(n_tokens: int, max_length: int, stride: int, n_special: int, fi
 
 def same_tokenizer(a: TokenizerFacts, b: TokenizerFacts) -> bool:
     """True when two fast tokenizers produce identical ids and offsets for every text."""
-    return a is b or a.canonical() == b.canonical()
+    return a is b or a.canonical == b.canonical
 
 
 def text_error(text: object, max_chars: int) -> str | None:

