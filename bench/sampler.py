@@ -215,6 +215,13 @@ class Sampler:
             peaks[key] = max((s.get(key, 0) for s in self.series), default=0) / 1024
         return {k: round(v, 1) for k, v in peaks.items()}
 
+    def peak_written(self, field: str = "pss_kib") -> dict[str, int]:
+        """Documents written when each kind peaked: a peak reached early in a long run is a
+        start-up transient, one reached at its end is growth."""
+        return {
+            k: max(self.series, key=lambda s: s[field][k])["written"] if self.series else 0 for k in KINDS
+        }
+
     def largest_mib(self) -> dict[str, float]:
         """Peak PSS of the largest single process of each kind."""
         return {k: round(max((s["largest_kib"][k] for s in self.series), default=0) / 1024, 1) for k in KINDS}

@@ -116,6 +116,7 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
         "peak_mib": sampler.peaks_mib(),
         "peak_anon_mib": sampler.peaks_mib("anon_kib"),
         "largest_process_mib": sampler.largest_mib(),
+        "peak_written": sampler.peak_written(),
         "max_processes": {k: max((x["processes"][k] for x in sampler.series), default=0) for k in KINDS},
         "cpu_share": sampler.cpu_share(),
         "series": sampler.series,
@@ -237,6 +238,18 @@ def chart(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def past(small_run: dict, large_run: dict, n: int) -> dict[str, float | None]:
+    """Per kind: the large run's peak PSS once it had written more than `n` documents, over the
+    `n`-document run's peak. Growth with the corpus shows here; a start-up transient of the
+    large run (which the plain peak ratio counts) does not."""
+    late = [x for x in large_run["series"] if x["written"] > n]
+    out: dict[str, float | None] = {}
+    for k in KINDS:
+        base = small_run["peak_mib"][k]
+        out[k] = round(max(x["pss_kib"][k] for x in late) / 1024 / base, 3) if late and base else None
+    return out
+
+
 def table(results: dict) -> str:
     kinds = [*KINDS, "object_store", "spilled"]
     head = "| documents | layout | wall s | start-up s | docs/s after start-up | " + " | ".join(
@@ -293,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]}
         for key in ("peak_mib", "peak_anon_mib", "largest_process_mib")
     }
+    results["growth"]["past_small"] = past(a, b, small)
     results["growth"]["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
     results["growth"]["forward_per_doc"] = round(b["forward_s_per_1k"] / a["forward_s_per_1k"], 3)
     if a["forward_cpu_s_per_1k"]:
@@ -319,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"growth {small:,} -> {large:,}: peak memory per kind {results['growth']['peak_mib']}")
     print(f"  peak anonymous memory per kind {results['growth']['peak_anon_mib']}")
     print(f"  largest single process per kind {results['growth']['largest_process_mib']}")
+    print(f"  {large:,}: documents written when each kind peaked {b['peak_written']}")
+    print(
+        f"  peak after the first {small:,} documents, against the {small:,} run's: {results['growth']['past_small']}"
+    )
     for r in results["runs"]:
         print(
             f"  {r['documents']:,}: anonymous MiB, median early -> late in the run: {r['within_run_anon_mib']}"
