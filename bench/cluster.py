@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cluster import WARM_WORKERS
+from pipeline.cluster import HEAD_SYSTEM_CONFIG
 
 GIB = 1024**3
 
@@ -78,7 +78,7 @@ class LocalCluster:
         self.head = head or Node(cpus=0, object_store_gib=0.5)
         self.workers = list(workers)
         self.dashboard = dashboard
-        self.system_config = {**WARM_WORKERS, **(system_config or {})}  # as cluster.yaml starts it
+        self.system_config = {**HEAD_SYSTEM_CONFIG, **(system_config or {})}  # as cluster.yaml starts it
         self.env = cluster_env(token or secrets.token_hex(24))
         self.temp_dir = tempfile.mkdtemp(prefix="bp-cluster-", dir="/tmp")
         self.port = free_port()

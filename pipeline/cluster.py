@@ -8,11 +8,20 @@ different set-ups.
 from __future__ import annotations
 
 # The head's `--system-config` for a night's cluster (cluster.yaml; the bench and test clusters
-# use it too). Ray kills a worker process that has been idle 1 s once a node has more workers
-# than CPUs, which fractional-CPU stages always do; a backpressured encode or write then starts
-# a fresh process that imports the tokenizer stack again (~5 CPU-s). On 1M documents that was
-# 38 fresh CPU workers and 0.3 ms of CPU per document; kept for 60 s, they are reused.
-WARM_WORKERS = {"idle_worker_killing_time_threshold_ms": 60_000}
+# use it too; Ray hands it to every node that joins).
+# - idle_worker_killing_time_threshold_ms: Ray kills a worker process that has been idle 1 s
+#   once a node has more workers than CPUs, which fractional-CPU stages always do; a
+#   backpressured encode or write then starts a fresh process that imports the tokenizer stack
+#   again (~5 CPU-s). On 1M documents that was 38 fresh CPU workers and 0.3 ms of CPU per
+#   document; kept for 60 s, they are reused.
+# - object_manager_default_chunk_size: every block crosses nodes twice (to the inference actor
+#   and back to decode), and each raylet holds buffers per chunk in flight. With Ray's 5 MiB
+#   chunks the bench's three raylets peaked at 205-210 MiB of anonymous memory on 300k
+#   documents; with 1 MiB, 157 (256 KiB: 152, for four times the messages).
+HEAD_SYSTEM_CONFIG = {
+    "idle_worker_killing_time_threshold_ms": 60_000,
+    "object_manager_default_chunk_size": 2**20,
+}
 
 
 def ensure_ray(address: str | None) -> None:

@@ -192,7 +192,7 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.cluster import WARM_WORKERS
+    from pipeline.cluster import HEAD_SYSTEM_CONFIG
 
     port = _free_port()
     cluster = Cluster(
@@ -202,7 +202,7 @@ def ray_cluster():
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
-            "_system_config": WARM_WORKERS,  # as cluster.yaml starts a head
+            "_system_config": HEAD_SYSTEM_CONFIG,  # as cluster.yaml starts a head
         },
     )
     cluster.add_node(num_cpus=1, num_gpus=1)

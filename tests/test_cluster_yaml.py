@@ -10,7 +10,7 @@ import ray.autoscaler
 import yaml
 
 from pipeline import PipelineConfig
-from pipeline.cluster import WARM_WORKERS
+from pipeline.cluster import HEAD_SYSTEM_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_cluster_yaml_validates_against_rays_schema():
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"] if "ray start" in c)
     head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     flag = head.split("--system-config=", 1)[1].split()[0].strip("'")
-    assert json.loads(flag) == WARM_WORKERS, "the head keeps idle CPU workers as the bench measured"
+    assert json.loads(flag) == HEAD_SYSTEM_CONFIG, "the head runs with the system config the bench measured"
 
 
 def test_nightly_config_is_valid_and_fits_the_gpu_pool():
