@@ -174,6 +174,13 @@ class RuntimeConfig(_Strict):
     )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
+    parallel_models: bool = Field(
+        True,
+        description="run the models of a batch side by side, one thread each: on a CPU the second "
+        "model's forward takes a spare core (num_threads are shared out between the models, at least "
+        "one each), on a GPU one model's Python work overlaps the other's kernels. Off: one after "
+        "the other",
+    )
     max_chars: int = Field(10_000_000, ge=1, description="longer texts get a per-row error")
     pad_multiple: int | None = Field(
         None, ge=1, le=512, description="padded lengths are multiples of this (default 8)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ class RunStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     forward_s: float = 0.0
-    forward_cpu_s: float = 0.0  # the process's CPU time in forwards: below forward_s = starved of CPU
+    forward_cpu_s: float = 0.0  # the forwarding thread's CPU time: below forward_s = starved of CPU
     oom_splits: int = 0
 
     def add(self, other: RunStats) -> None:
@@ -300,7 +301,7 @@ class ModelRunner:
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = seq
         mask = (np.arange(width)[None, :] < lens[:, None]).astype(np.int64)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), time.thread_time()
         with torch.inference_mode():
             logits = self.model(
                 input_ids=torch.from_numpy(ids).to(self.device, non_blocking=True),
@@ -310,7 +311,7 @@ class ModelRunner:
         seconds = time.perf_counter() - t0
         self.cost.add(ids.size, seconds)
         self.stats.forward_s += seconds
-        self.stats.forward_cpu_s += time.process_time() - c0
+        self.stats.forward_cpu_s += time.thread_time() - c0
         self.stats.sequences += len(batch)
         self.stats.batches += 1
         self.stats.real_tokens += int(lens.sum())
@@ -318,6 +319,34 @@ class ModelRunner:
         if out.ndim == 2:  # sequence classification: [B, C]
             return list(out)
         return [out[row, : lens[row]] for row in range(len(batch))]
+
+
+class ModelThreads:
+    """One thread per model, so the models of a batch run side by side.
+
+    On a CPU the second model's forward takes a spare core instead of waiting for the first
+    (measured on the scale bench, tiny models, 2 cores: 2,980 documents/s against 2,460); on a
+    GPU one model's Python work overlaps the other's kernels. Each model keeps its own thread,
+    so each thread's caches (oneDNN primitives, heap arena) see one model's shapes only. On a
+    CPU the torch threads the process has are shared out between the models, so the process
+    runs no more threads at once than it would one after the other (at least one per model).
+    """
+
+    def __init__(self, names: list[str], runners: dict[str, ModelRunner]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        total = torch.get_num_threads()
+        on_cpu = all(r.device.type == "cpu" for r in runners.values())
+        each = max(1, total // len(names)) if on_cpu else total
+        self.pools = {
+            name: ThreadPoolExecutor(1, f"model-{name}", initializer=torch.set_num_threads, initargs=(each,))
+            for name in names
+        }
+
+    def submit(self, name: str, fn: Any, *args: Any) -> Future:
+        return self.pools[name].submit(fn, *args)
 
 
 @dataclass
@@ -354,6 +383,8 @@ class InferenceEngine:
                 max_length=lm.spec.max_length,
                 max_batch_tokens=runtime.max_batch_tokens,
             )
+        parallel = runtime.parallel_models and len(models) > 1
+        self.threads = ModelThreads(list(models), self.runners) if parallel else None
 
     def stats(self) -> RunStats:
         total = RunStats()
@@ -363,14 +394,23 @@ class InferenceEngine:
 
     def infer(self, docs: list[Encoded]) -> list[Inferred]:
         """Each model runs over the documents that carry its stream (all, unless a request
-        asked for a subset); a document's first error wins."""
+        asked for a subset); a document's first error, in model order, wins."""
         out = [Inferred(error=d.error, revisions=self.revisions) for d in docs]
-        for name in self.models:
-            self._run_model(name, docs, out)
+        if self.threads is None:
+            done = [self._run_model(name, docs) for name in self.models]
+        else:
+            futures = [self.threads.submit(name, self._run_model, name, docs) for name in self.models]
+            done = [f.result() for f in futures]
+        for name, (outputs, errors) in zip(self.models, done, strict=True):
+            for i, output in outputs.items():
+                out[i].outputs[name] = output
+            for i, err in errors.items():
+                out[i].error = out[i].error or err
         heap.trim()  # long-lived actors and replicas stay flat (see pipeline.heap)
         return out
 
-    def _run_model(self, name: str, docs: list[Encoded], out: list[Inferred]) -> None:
+    def _run_model(self, name: str, docs: list[Encoded]) -> tuple[dict[int, Any], dict[int, str]]:
+        """One model's reduced outputs and errors, by document index."""
         spec, kind, framing = self.models[name].spec, self.kinds[name], self.framing[name]
         first_only = kind.first_window_only(spec)
         seqs: list[np.ndarray] = []
@@ -382,15 +422,18 @@ class InferenceEngine:
             spans = window_spans(len(tokens), spec.max_length, spec.stride, framing.n_special, first_only)
             owners.append((i, spans))
             seqs.extend(framing.frame(tokens.ids[s:e]) for s, e in spans)
+        outputs: dict[int, Any] = {}
+        errors: dict[int, str] = {}
         if not seqs:
-            return
-        logits, errors = self.runners[name].run(seqs)
+            return outputs, errors
+        logits, seq_errors = self.runners[name].run(seqs)
         k = 0
         for i, spans in owners:
             w = len(spans)
-            err = next((e for e in errors[k : k + w] if e), None)
+            err = next((e for e in seq_errors[k : k + w] if e), None)
             if err:
-                out[i].error = out[i].error or err
+                errors[i] = err
             else:
-                out[i].outputs[name] = kind.reduce(logits[k : k + w], spans, framing)  # type: ignore[arg-type]
+                outputs[i] = kind.reduce(logits[k : k + w], spans, framing)  # type: ignore[arg-type]
             k += w
+        return outputs, errors

@@ -5,11 +5,14 @@ Ray Data job, Serve over HTTP) gives the same per-model columns."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import assert_rows_close, deploy, read_output, relabeled_model, tiny_config
 from hf_reference import assert_entities_equal, hf_classify, hf_ner
 
@@ -159,6 +162,65 @@ def test_classifier_only_streams_carry_no_offsets(tiny_models, sentiment_model):
         table, config=PipelineConfig.from_dict(cfg).model_dump(mode="json"), text_column="text"
     )
     assert "__bp_t0_ids" in encoded.column_names and "__bp_t0_offsets" not in encoded.column_names
+
+
+class Recorded:
+    """A model that notes which thread ran each forward, when, with how many torch threads, and
+    refuses any batch that holds `poison` (the way a poisoned input fails a real forward)."""
+
+    def __init__(self, model, name: str, calls: list, poison: int) -> None:
+        self.model, self.name, self.calls, self.poison = model, name, calls, poison
+
+    def __call__(self, input_ids, attention_mask):
+        start = time.perf_counter()
+        if bool((input_ids == self.poison).any()):
+            raise RuntimeError(f"{self.name} refuses this input")
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        thread = threading.current_thread().name
+        self.calls.append((self.name, thread, torch.get_num_threads(), start, time.perf_counter()))
+        return out
+
+
+def _recorded(ann: Annotator, calls: list) -> Annotator:
+    for name, runner in ann.engine.runners.items():
+        poison = ann.models[name].tokenizer.mask_token_id
+        runner.model = Recorded(runner.model, name, calls, poison)
+    return ann
+
+
+def test_models_run_side_by_side_and_answer_as_one_after_the_other(tiny_models, corpus):
+    """With parallel_models (the default) each model forwards on a thread of its own, at the
+    same time as the other, with the torch threads shared out; the answers, errors included
+    (a row failing in both models gets the first model's error), equal one after the other."""
+    threads_before = torch.get_num_threads()
+    try:
+        both, apart = [], []
+        side_by_side = _recorded(
+            Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models, runtime__num_threads=2))), both
+        )
+        tokenizer = side_by_side.models["classifier"].tokenizer
+        assert not any(tokenizer.mask_token_id in tokenizer(t).input_ids for t in corpus)
+        texts = [*corpus * 8, "a [MASK] walks in", None]
+        rows = side_by_side.annotate(texts)
+        serial_cfg = tiny_config(*tiny_models, runtime__num_threads=2, runtime__parallel_models=False)
+        serial_rows = _recorded(Annotator(PipelineConfig.from_dict(serial_cfg)), apart).annotate(texts)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert {(name, thread, n) for name, thread, n, *_ in both} == {
+        ("classifier", "model-classifier_0", 1),
+        ("ner", "model-ner_0", 1),
+    }
+    spans = {name: [(a, b) for n, _, _, a, b in both if n == name] for name in ("classifier", "ner")}
+    assert any(a < d and c < b for a, b in spans["classifier"] for c, d in spans["ner"]), "never ran at once"
+    assert {(name, thread, n) for name, thread, n, *_ in apart} == {
+        ("classifier", threading.main_thread().name, 2),
+        ("ner", threading.main_thread().name, 2),
+    }
+    assert_rows_close(rows, serial_rows)
+    failed = [i for i, row in enumerate(rows) if (row["error"] or "").startswith("inference failed")]
+    assert failed == [len(texts) - 2]
+    refused = "inference failed: RuntimeError: classifier refuses this input"
+    assert rows[-2]["error"] == serial_rows[-2]["error"] == refused
 
 
 def test_multi_models_online_and_in_the_nightly_job(serve_base, multi, multi_ann, tmp_path):
