@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cluster import HEAD_SYSTEM_CONFIG
+from pipeline.cluster import HEAD_SYSTEM_CONFIG, NODE_ENV
 
 GIB = 1024**3
 
@@ -90,7 +90,8 @@ class LocalCluster:
         cmd.append(f"--object-store-memory={int(node.object_store_gib * GIB)}")
         if node.resources:
             cmd.append(f"--resources={json.dumps(node.resources)}")
-        done = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=180)
+        env = {**self.env, **NODE_ENV}  # as cluster.yaml starts a node
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 

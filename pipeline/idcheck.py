@@ -69,7 +69,7 @@ def _windowed(submits: list[Callable[[], Any]], window: int) -> list[Any]:
     """What each `submit()` returns (a task's ref, or its list of refs), with at most
     `window` in flight. The check is CPU-bound: more tasks at once than
     the cluster has CPUs add worker processes, not speed, and those workers then idle beside
-    the night's for a minute (pipeline.cluster.HEAD_SYSTEM_CONFIG): 4 at 1M documents on the bench's
+    the night's for 20 s (pipeline.cluster.HEAD_SYSTEM_CONFIG): 4 at 1M documents on the bench's
     2-CPU cluster, where the night itself needs 2."""
     out: list = []
     pending: list = []

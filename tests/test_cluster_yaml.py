@@ -10,7 +10,7 @@ import ray.autoscaler
 import yaml
 
 from pipeline import PipelineConfig
-from pipeline.cluster import HEAD_SYSTEM_CONFIG
+from pipeline.cluster import HEAD_SYSTEM_CONFIG, NODE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,10 @@ def test_cluster_yaml_validates_against_rays_schema():
     head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     flag = head.split("--system-config=", 1)[1].split()[0].strip("'")
     assert json.loads(flag) == HEAD_SYSTEM_CONFIG, "the head runs with the system config the bench measured"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        env = dict(word.split("=", 1) for word in start.split("ray start", 1)[0].split())
+        assert env == {**NODE_ENV, "RAY_AUTH_MODE": "token"}, f"{key}: every node starts as the bench's do"
 
 
 def test_nightly_config_is_valid_and_fits_the_gpu_pool():
