@@ -94,7 +94,7 @@ def run(
             from pipeline.idcheck import check_unique_ids
 
             with quiet_ray_data_console():
-                checked = check_unique_ids(inputs, in_fs, id_col)
+                checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
             counts["id_check_s"] = checked.seconds
     revisions = {name: m["revision"] for name, m in meta["models"].items()}
     resumed = pub.begin(

@@ -37,25 +37,20 @@ class IdCheck:
     tasks: int
 
 
-def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str) -> IdCheck:
-    """Raise InputError naming some repeated ids (or counting null ones); else say what it cost.
-
-    Each task takes a whole CPU: the check is CPU-bound, and tasks of half a CPU doubled up on
-    a node in worker processes of their own, which then idled beside the night's (6 Ray Data
-    workers at the start of the bench's 1M night against 5 at 100k, where one task does it all).
-    """
+def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float) -> IdCheck:
+    """Raise InputError naming some repeated ids (or counting null ones); else say what it cost."""
     started = time.time()
     parts = max(1, min(MAX_PARTS, math.ceil(inputs.rows / CHUNK_IDS)))
     window = max(1, int(ray.cluster_resources().get("CPU", 1)))
     groups = _shares(inputs)
     # one task runs where the driver is, on a worker the night then reuses; several are spread
     where = "SPREAD" if len(groups) > 1 else "DEFAULT"
-    split = _split.options(num_cpus=1, num_returns=parts + 1, scheduling_strategy=where)
+    split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy=where)
     shares = _windowed([partial(split.remote, paths, fs, id_column, parts) for paths in groups], window)
     nulls = sum(ray.get([share[0] for share in shares]))
     if nulls:
         raise InputError(f"{nulls} input rows have a null {id_column!r}; every row needs an id")
-    find = _repeats.options(num_cpus=1, scheduling_strategy=where)
+    find = _repeats.options(num_cpus=cpus, scheduling_strategy=where)
     found = ray.get(
         _windowed([partial(find.remote, *[s[1 + p] for s in shares]) for p in range(parts)], window)
     )

@@ -217,11 +217,11 @@ def test_id_check_over_many_shares_finds_repeats_across_them(ray_cluster, tmp_pa
             pq.write_table(pa.table({"id": ids, "text": ["x"] * 8}), root / f"part-{k}.parquet")
         inputs = inspect(discover(str(root), fs), fs, ["id", "text"], "fail", "id")
         if repeat is None:
-            checked = idcheck.check_unique_ids(inputs, fs, "id")
+            checked = idcheck.check_unique_ids(inputs, fs, "id", 0.5)
             assert checked.ids == 80 and checked.tasks == 10 + 10, checked
         else:
             with pytest.raises(InputError, match=r"1 ids occur more than once in column 'id' \(e.g. 3\)"):
-                idcheck.check_unique_ids(inputs, fs, "id")
+                idcheck.check_unique_ids(inputs, fs, "id", 0.5)
 
 
 @pytest.mark.parametrize(
