@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from pyarrow.fs import LocalFileSystem
 from bench.cluster import LocalCluster, Node
 from bench.corpus import write_parquet
 from bench.sampler import KINDS, Sampler
+from pipeline.progress import PROGRESS_ENV
 from pipeline.publish import Publisher
 
 FILE_ROWS = 10_000  # input rows per Parquet file, like a night's many files
@@ -101,7 +103,7 @@ def run_once(cluster: LocalCluster, cfg: Path, out: Path, log: Path, kill_after:
             _command(cfg, cluster.address, overwrite=True),
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env=cluster.env,
+            env={**cluster.env, PROGRESS_ENV: "1"},  # the log then says what was labeled at a kill
             start_new_session=True,
         )
         with Sampler(proc.pid, cluster.temp_dir, cluster.address, out) as sampler:
@@ -187,12 +189,14 @@ def resume_check(layout: str, root: Path, cfg: Path, out: Path, full: dict, n: i
         rerun_s = time.time() - t0
     report = json.loads((out / "_report.json").read_text())
     startup = full["report"].get("startup_s") or 0.0
-    labeled = min(n, int(max(0.0, kill_at - startup) * full["running_docs_per_s"]))
+    estimate = min(n, int(max(0.0, kill_at - startup) * full["running_docs_per_s"]))
+    labeled = last_labeled(root / f"{layout}-killed.log")
     checkpointed = killed.get("checkpointed_rows", 0)
     return {
         "layout": layout,
         "killed_at_s": round(kill_at, 1),
-        "labeled_before_kill_est": labeled,
+        "labeled_before_kill": labeled,
+        "labeled_before_kill_est": estimate,
         "checkpointed_before_kill": checkpointed,
         "durable_share": round(checkpointed / labeled, 3) if labeled else None,
         "rerun_documents": report["documents"],
@@ -200,6 +204,22 @@ def resume_check(layout: str, root: Path, cfg: Path, out: Path, full: dict, n: i
         "rerun_s": round(rerun_s, 1),
         "rerun_ok": done.returncode == 0 and report.get("output_rows") == n,
     }
+
+
+def last_labeled(log: Path) -> int:
+    """The documents the models had run on at most a second before the kill, from the run's
+    last progress line (printed every second in the bench): labeled, plus those on their way
+    to decode and write. Not an estimate from the full run's start-up and rate, which counted
+    every second a killed run's start-up took longer as 3,000 documents labeled."""
+    last = re.findall(
+        r"^labeled ([\d,]+) of [\d,]+ documents[^,\n]*(?:, ([\d,]+) through the model)?",
+        log.read_text(errors="replace"),
+        flags=re.MULTILINE,
+    )
+    if not last:
+        return 0
+    labeled, inferred = last[-1]
+    return int((inferred or labeled).replace(",", ""))
 
 
 def chart(results: dict, path: Path) -> None:
@@ -355,8 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU share by process kind ({large:,}): {results['cpu_share']}")
     for check in results["resume"]:
         print(
-            f"resume ({check['layout']}): killed at {check['killed_at_s']} s, ~{check['labeled_before_kill_est']} "
-            f"labeled, {check['checkpointed_before_kill']} checkpointed ({check['durable_share']}); the rerun "
+            f"resume ({check['layout']}): killed at {check['killed_at_s']} s, {check['labeled_before_kill']} "
+            f"labeled (estimate from the full run: ~{check['labeled_before_kill_est']}), "
+            f"{check['checkpointed_before_kill']} checkpointed ({check['durable_share']}); the rerun "
             f"labeled {check['rerun_documents']} (redid {check['rerun_redid']}), ok={check['rerun_ok']}"
         )
     print(f"\nwrote {root / 'scale.json'} and {root / 'scale.png'}")

@@ -86,7 +86,7 @@ class InferActor:
         before = self.engine.stats()
         docs = columns_to_encoded(table, self.group_of)
         results = self.engine.infer(docs)
-        report_infer(self.tally, self.engine.stats().since(before))
+        report_infer(self.tally, self.engine.stats().since(before), len(docs))
         return with_inferred(table, results, self.models)
 
 
@@ -97,10 +97,11 @@ def mark_first_batch(tally: str | None, started: bool) -> bool:
     return True
 
 
-def report_infer(tally: str | None, delta: dict[str, float]) -> None:
+def report_infer(tally: str | None, delta: dict[str, float], docs: int) -> None:
     report(
         tally,
         {
+            "inferred": docs,  # documents the models ran on (the progress line's "through the model")
             "windows": delta["sequences"],
             "tokens": delta["real_tokens"],
             "padded_tokens": delta["padded_tokens"],
@@ -181,7 +182,7 @@ class ServeInfer:
             if out:  # a chunk runs on one replica: one set of revisions
                 check_revisions(self.expected, out[0].revisions, self.app)
             results[i] = out
-            report_infer(self.tally, counts)
+            report_infer(self.tally, counts, len(chunks[i]))
         return with_inferred(table, [r for i in range(len(chunks)) for r in results[i]], self.models)
 
 

@@ -10,6 +10,7 @@ one line per interval instead: documents labeled, rate and time left.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -17,11 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
-def line(done: int, total: int, rate: float | None) -> str:
-    """`labeled 12,345 of 100,000 documents (12%), 930 docs/s, about 1m34s left`."""
+def line(done: int, total: int, rate: float | None, inferred: int = 0) -> str:
+    """`labeled 12,345 of 100,000 documents (12%), 20,480 through the model, 930 docs/s, about
+    1m34s left`: labeled = decoded and on their way to a file; through the model = the models
+    have run on them (the rest of those wait for decode and write)."""
     pct = f" ({done / total:.0%})" if total else ""
     text = f"labeled {done:,} of {total:,} documents{pct}"
-    if not done:
+    if inferred > done:
+        text += f", {inferred:,} through the model"
+    if not done and not inferred:
         text += ", starting up (workers, model load)"
     if rate:
         text += f", {rate:,.0f} docs/s"
@@ -40,12 +45,17 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressLine:
-    """A daemon thread that prints `line(...)` every `interval_s` from a `documents()` count."""
+    """A daemon thread that prints `line(...)` every `interval_s` from the `counts()` of documents
+    (labeled, through the model)."""
 
     def __init__(
-        self, documents: Callable[[], int], total: int, echo: Callable[[str], None], interval_s: float
+        self,
+        counts: Callable[[], tuple[int, int]],
+        total: int,
+        echo: Callable[[str], None],
+        interval_s: float,
     ) -> None:
-        self.documents, self.total, self.echo, self.interval_s = documents, total, echo, interval_s
+        self.counts, self.total, self.echo, self.interval_s = counts, total, echo, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress-line", daemon=True)
 
@@ -61,14 +71,14 @@ class ProgressLine:
         first: tuple[float, int] | None = None  # the rate counts from the first labeled batch seen
         while not self._stop.wait(self.interval_s):
             try:
-                done = int(self.documents())
+                done, inferred = self.counts()
             except Exception:  # noqa: BLE001 - a missed tick is not worth failing a night
                 continue
             now = time.time()
             if first is None and done:
                 first = (now, done)
             rate = (done - first[1]) / (now - first[0]) if first and now > first[0] else None
-            self.echo(line(done, self.total, rate))
+            self.echo(line(done, self.total, rate, inferred))
 
 
 @contextmanager
@@ -93,6 +103,16 @@ def quiet_ray_data_console() -> Iterator[None]:
             h.setLevel(level)
 
 
+PROGRESS_ENV = "PIPELINE_PROGRESS_S"
+
+
 def interval_s() -> float:
-    """10 s into a log (as Ray's own non-terminal progress), 5 s on a terminal."""
+    """PIPELINE_PROGRESS_S if set (a long night's log wants fewer lines, a benchmark more);
+    else 10 s into a log (as Ray's own non-terminal progress), 5 s on a terminal."""
+    configured = os.environ.get(PROGRESS_ENV, "")
+    try:
+        if float(configured) > 0:
+            return float(configured)
+    except ValueError:
+        pass
     return 5.0 if sys.stdout.isatty() else 10.0

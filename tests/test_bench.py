@@ -68,3 +68,19 @@ def test_scale_bench_smoke(tmp_path):
     assert run["peak_mib"]["driver"] > 0 and run["series"][-1]["written"] == 1000
     assert (tmp_path / "bench" / "scale" / "scale.png").stat().st_size > 1000
     assert "| documents | layout |" in done.stdout
+
+
+def test_scale_bench_reads_what_the_models_ran_on_from_the_progress_line(tmp_path):
+    """The kill check's "labeled before the kill" comes from the run's own last progress line,
+    as the product prints it: the documents through the model, or the labeled ones when the
+    model is not ahead."""
+    from bench.scale import last_labeled
+    from pipeline.progress import line
+
+    log = tmp_path / "killed.log"
+    log.write_text("\n".join(["Ray noise", line(0, 100_000, None), line(30_000, 100_000, 2_900.0, 45_000)]))
+    assert last_labeled(log) == 45_000
+    log.write_text(line(40_000, 100_000, 2_900.0, 40_000) + "\n")
+    assert "through the model" not in log.read_text() and last_labeled(log) == 40_000
+    log.write_text("no progress line at all\n")
+    assert last_labeled(log) == 0
