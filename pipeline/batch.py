@@ -256,13 +256,13 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
         ds = build_dataset(cfg, inputs, in_fs, columns, meta, tally_name, done, tasks)
         compression = None if cfg.output.compression == "none" else cfg.output.compression
 
-        def labeled() -> tuple[int, int]:
+        def progress() -> tuple[int, int]:  # (labeled, through the model)
             counts = ray.get(tally.get.remote(), timeout=5)
             return int(counts.get("documents", 0)), int(counts.get("inferred", 0))
 
         with (
             PlacementWatch(need, r.actor_node_timeout_s) as watch,
-            ProgressLine(labeled, todo, echo, progress_interval_s()),
+            ProgressLine(progress, todo, echo, progress_interval_s()),
         ):
             try:
                 ds.write_parquet(

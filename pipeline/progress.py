@@ -4,7 +4,7 @@ Ray Data logs a block of per-operator lines every 10 s when stdout is not a term
 scheduler's log, `ray job submit`): a short night printed 150 of them and buried the job's
 own output. While the night runs, its console lines go to Ray Data's log file only
 (`ray-data.log` in the Ray session directory, warnings still shown) and this module prints
-one line per interval instead: documents labeled, rate and time left.
+one line per interval instead: documents labeled and through the model, rate and time left.
 """
 
 from __future__ import annotations
