@@ -30,7 +30,7 @@ HEAD_SYSTEM_CONFIG = {
 # 10 s before giving them back: a raylet moving blocks between nodes then holds the last
 # seconds' transfer buffers, and its memory follows the traffic. Returned at once, the bench's
 # three raylets stay at 40 MiB of anonymous memory all night on 300k documents (peak 50),
-# against a median of 113-132 and peaks of 152-178, for 0.004 ms more raylet CPU per document.
+# against a median of 112-132 and peaks of 154-178, for 0.004 ms more raylet CPU per document.
 # RAY_JEMALLOC_CONF reaches only the processes RAY_JEMALLOC_PROFILE names (Ray's own switch).
 NODE_ENV = {
     "RAY_JEMALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
