@@ -49,7 +49,7 @@ class RunStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     forward_s: float = 0.0
-    forward_cpu_s: float = 0.0  # the forwarding thread's CPU time: below forward_s = starved of CPU
+    forward_cpu_s: float = 0.0  # ModelRunner.cpu_clock in forwards: below forward_s = starved of CPU
     oom_splits: int = 0
 
     def add(self, other: RunStats) -> None:
@@ -162,6 +162,9 @@ class ModelRunner:
         self.pad_multiple = pad_multiple or 8
         self.cost = ForwardCost()
         self.stats = RunStats()
+        # The CPU time a forward costs: the whole process's, which its intra-op threads share,
+        # unless the forward has a thread of its own that does all its CPU work (ModelThreads).
+        self.cpu_clock = time.process_time
         self._torch = torch
 
     def padded_length(self, longest: int) -> int:
@@ -301,7 +304,7 @@ class ModelRunner:
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = seq
         mask = (np.arange(width)[None, :] < lens[:, None]).astype(np.int64)
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0 = time.perf_counter(), self.cpu_clock()
         with torch.inference_mode():
             logits = self.model(
                 input_ids=torch.from_numpy(ids).to(self.device, non_blocking=True),
@@ -311,7 +314,7 @@ class ModelRunner:
         seconds = time.perf_counter() - t0
         self.cost.add(ids.size, seconds)
         self.stats.forward_s += seconds
-        self.stats.forward_cpu_s += time.thread_time() - c0
+        self.stats.forward_cpu_s += self.cpu_clock() - c0
         self.stats.sequences += len(batch)
         self.stats.batches += 1
         self.stats.real_tokens += int(lens.sum())
@@ -340,6 +343,9 @@ class ModelThreads:
         total = torch.get_num_threads()
         on_cpu = all(r.device.type == "cpu" for r in runners.values())
         each = max(1, total // len(names)) if on_cpu else total
+        if each == 1 or not on_cpu:  # each forward's CPU work is its own thread's: count that alone
+            for runner in runners.values():
+                runner.cpu_clock = time.thread_time
         self.pools = {
             name: ThreadPoolExecutor(1, f"model-{name}", initializer=torch.set_num_threads, initargs=(each,))
             for name in names

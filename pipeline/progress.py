@@ -109,10 +109,10 @@ PROGRESS_ENV = "PIPELINE_PROGRESS_S"
 def interval_s() -> float:
     """PIPELINE_PROGRESS_S if set (a long night's log wants fewer lines, a benchmark more);
     else 10 s into a log (as Ray's own non-terminal progress), 5 s on a terminal."""
-    configured = os.environ.get(PROGRESS_ENV, "")
     try:
-        if float(configured) > 0:
-            return float(configured)
+        configured = float(os.environ.get(PROGRESS_ENV, ""))
     except ValueError:
-        pass
+        configured = 0.0
+    if configured > 0:
+        return configured
     return 5.0 if sys.stdout.isatty() else 10.0
