@@ -1,6 +1,6 @@
 """Scale benchmark: `pipeline run` on 100k and 1M short documents, on a local multi-node cluster.
 
-    python -m bench.scale                    # full run (100k + 1M, kill/resume checks), ~25 min here
+    python -m bench.scale                    # full run (100k, 1M, 100k again, kill/resume checks), ~16 min here
     python -m bench.scale --quick            # smoke size (CI): a few thousand documents
 
 Each run gets a fresh cluster started the way an operator starts one (`ray start --head`
@@ -9,7 +9,8 @@ worker node for the CPU stages), tiny random-weight models (the framework is mea
 the model), many Parquet files of short documents, and a sampler that records once a second
 the memory of each kind of process, the object store and the documents written. Reports,
 per size: wall time, start-up, documents/s after start-up, peak memory per process kind,
-spill; the growth of each from the smallest to the largest size; and the durable-progress
+spill; the growth of each from the smallest to the largest size (against the smallest size run
+before and after the largest, whose gap is the VM's noise); and the durable-progress
 check: a run SIGKILLed at 60% of its expected time, then resumed. A benchmark, not a test:
 it prints figures and never fails on them.
 """
@@ -250,7 +251,13 @@ def chart(results: dict, path: Path) -> None:
         ax = axes[1][col]
         for kind in KINDS:
             ax.plot(t, [s["pss_kib"][kind] / 1024 for s in series], label=kind)
-        ax.plot(t, [s.get("object_store", 0) / 1024 for s in series], label="object store", linestyle="--")
+        stored = [s for s in series if "object_store" in s]  # sampled every few seconds
+        ax.plot(
+            [s["t"] for s in stored],
+            [s["object_store"] / 1024 for s in stored],
+            label="object store",
+            linestyle="--",
+        )
         ax.set_ylabel("MiB (PSS, summed per kind)")
         ax.set_xlabel("s")
         ax.legend(fontsize=7)
@@ -270,6 +277,30 @@ def past(small_run: dict, large_run: dict, n: int) -> dict[str, float | None]:
     return out
 
 
+def mean_run(runs: list[dict]) -> dict:
+    """The figures `growth` compares, averaged over runs of one size."""
+    out: dict = {}
+    for key in ("peak_mib", "peak_anon_mib", "largest_process_mib"):
+        out[key] = {k: sum(r[key][k] for r in runs) / len(runs) for k in runs[0][key]}
+    for key in ("running_s_per_1k", "forward_s_per_1k", "forward_cpu_s_per_1k"):
+        out[key] = sum(r[key] for r in runs) / len(runs)
+    return out
+
+
+def growth(a: dict, b: dict) -> dict:
+    """Run b's figures over run a's: peaks per process kind, time per document after start-up,
+    and the model's forward time (and CPU) per document."""
+    out: dict = {
+        key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]}
+        for key in ("peak_mib", "peak_anon_mib", "largest_process_mib")
+    }
+    out["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
+    out["forward_per_doc"] = round(b["forward_s_per_1k"] / a["forward_s_per_1k"], 3)
+    if a["forward_cpu_s_per_1k"]:
+        out["forward_cpu_per_doc"] = round(b["forward_cpu_s_per_1k"] / a["forward_cpu_s_per_1k"], 3)
+    return out
+
+
 def table(results: dict) -> str:
     kinds = [*KINDS, "object_store", "spilled"]
     head = "| documents | layout | wall s | start-up s | docs/s after start-up | " + " | ".join(
@@ -278,7 +309,7 @@ def table(results: dict) -> str:
     lines = [head + " |", "|" + "---|" * (5 + len(kinds))]
     for r in results["runs"]:
         lines.append(
-            f"| {r['documents']:,} | {r['layout']} | {r['report']['wall_s']} | {r['report'].get('startup_s')} | "
+            f"| {r['documents']:,}{' (again)' if r.get('again') else ''} | {r['layout']} | {r['report']['wall_s']} | {r['report'].get('startup_s')} | "
             f"{r['running_docs_per_s']} | " + " | ".join(str(r["peak_mib"][k]) for k in kinds) + " |"
         )
     return "\n".join(lines)
@@ -290,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layout", choices=sorted(LAYOUTS), default="multi")
     p.add_argument("--docs-per-batch", type=int, default=2048)
     p.add_argument("--no-kill", action="store_true", help="skip the kill-and-resume checks")
+    p.add_argument(
+        "--no-repeat", action="store_true", help="run the smallest size once only (no noise floor)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke size: 3,000 and 6,000 documents")
     p.add_argument("--out", default="out/bench")
     args = p.parse_args(argv)
@@ -303,36 +337,36 @@ def main(argv: list[str] | None = None) -> None:
     models = build_random_pair(root / "models" / "tiny", **SIZES["tiny"])
     results: dict = {"sizes": args.sizes, "layout": args.layout, "runs": [], "resume": []}
     by_size: dict[int, tuple[Path, Path, dict]] = {}
-    for n in args.sizes:
+    small, large = min(args.sizes), max(args.sizes)
+    # the smallest size again after the largest: the VM's speed drifts by 10-25% between runs a
+    # few minutes apart, so growth is measured against both small runs, and their gap is printed
+    # as this run's noise floor
+    repeat = [small] if large > small and not args.no_repeat else []
+    for i, n in enumerate([*args.sizes, *repeat]):
+        again = i >= len(args.sizes)
         data = corpus(root, n)
         out = root / f"out-{n}"
         cfg = config(root, models, data, out, args.docs_per_batch)
-        print(f"== {n:,} documents, {args.layout} layout", flush=True)
+        print(f"== {n:,} documents, {args.layout} layout{' (again)' if again else ''}", flush=True)
+        log = root / f"run-{n}{'-again' if again else ''}.log"
         with LAYOUTS[args.layout](bench_token()) as cluster:
-            run = run_once(cluster, cfg, out, root / f"run-{n}.log")
+            run = run_once(cluster, cfg, out, log)
         if run["returncode"] != 0:
-            raise SystemExit(f"pipeline run failed on {n} documents: see {root / f'run-{n}.log'}")
-        run.update(documents=n, layout=args.layout)
+            raise SystemExit(f"pipeline run failed on {n} documents: see {log}")
+        run.update(documents=n, layout=args.layout, again=again)
         results["runs"].append(run)
-        by_size[n] = (cfg, out, run)
+        by_size.setdefault(n, (cfg, out, run))
         print(
             f"   {run['report']['wall_s']} s, start-up {run['report'].get('startup_s')} s, "
             f"{run['running_docs_per_s']} docs/s after start-up; peak MiB {run['peak_mib']}",
             flush=True,
         )
-    small, large = min(args.sizes), max(args.sizes)
-    a, b = by_size[small][2], by_size[large][2]
-    results["growth"] = {
-        key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]}
-        for key in ("peak_mib", "peak_anon_mib", "largest_process_mib")
-    }
+    smalls = [r for r in results["runs"] if r["documents"] == small]
+    a, b = mean_run(smalls), by_size[large][2]
+    results["growth"] = growth(a, b)
     results["growth"]["past_small"] = past(a, b, small)
-    results["growth"]["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
-    results["growth"]["forward_per_doc"] = round(b["forward_s_per_1k"] / a["forward_s_per_1k"], 3)
-    if a["forward_cpu_s_per_1k"]:
-        results["growth"]["forward_cpu_per_doc"] = round(
-            b["forward_cpu_s_per_1k"] / a["forward_cpu_s_per_1k"], 3
-        )
+    if len(smalls) > 1:  # the same size twice: what this VM's noise alone does to each figure
+        results["noise"] = growth(smalls[0], smalls[1])
     results["cpu_share"] = b["cpu_share"]
     if not args.no_kill:
         cfg, out, measured = by_size[small]
@@ -350,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table(results))
     print()
-    print(f"growth {small:,} -> {large:,}: peak memory per kind {results['growth']['peak_mib']}")
+    versus = f"{small:,} (mean of {len(smalls)} runs)" if len(smalls) > 1 else f"{small:,}"
+    print(f"growth {versus} -> {large:,}: peak memory per kind {results['growth']['peak_mib']}")
     print(f"  peak anonymous memory per kind {results['growth']['peak_anon_mib']}")
     print(f"  largest single process per kind {results['growth']['largest_process_mib']}")
     print(f"  {large:,}: documents written when each kind peaked {b['peak_written']}")
@@ -367,11 +402,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         for part, per_doc in r["cpu_ms_per_doc"].items():
             print(f"    CPU ms per document written, {part}: {per_doc}")
-    print(f"  processes per kind: {a['max_processes']} -> {b['max_processes']}")
+    print(f"  processes per kind: {smalls[0]['max_processes']} -> {b['max_processes']}")
     print(
         f"time per document after start-up: x{results['growth']['time_per_doc']} "
         f"(the model's forward alone: x{results['growth']['forward_per_doc']})"
     )
+    if "noise" in results:
+        noise = results["noise"]
+        print(
+            f"noise floor, {small:,} run again over the first: peak memory per kind {noise['peak_mib']}; "
+            f"time per document x{noise['time_per_doc']} (forward x{noise['forward_per_doc']})"
+        )
     print(f"CPU share by process kind ({large:,}): {results['cpu_share']}")
     for check in results["resume"]:
         print(
