@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 
+from pipeline import heap
 from pipeline.config import HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
 from pipeline.model_facts import ModelFacts, saved_facts
 from pipeline.storage import is_s3, s3_filesystem, strip_scheme
@@ -426,6 +427,8 @@ def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torc
 
 def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[str, LoadedModel]:
     """Load every configured model on the device and dtype the runtime section asks for."""
+    if weights:
+        heap.bound_kernel_caches()
     device = choose_device(cfg.runtime) if weights else None
     dtype = choose_dtype(cfg.runtime, device) if device is not None else None
     int8: Int8Mode = {"int8": "on", "auto": "verified"}.get(cfg.runtime.dtype, "off")  # type: ignore[assignment]
