@@ -11,11 +11,13 @@ speed, unlike a fixed low mmap threshold (2x slower forwards, measured).
 PyTorch caches CPU kernels per input shape. Its ideep cache (`LRU_CACHE_CAPACITY`, 1,024 entries
 by default) holds ~0.7 MB per bf16 batch shape, and a night meets new shapes (rows x width) for
 as long as it runs: about 160 after 100k short documents, 190 after 300k, for two models. It
-never filled before morning, so the inference actor grew all night (median 738 -> 828 MiB over
-300k documents). Capped at 64 (KERNEL_CACHES), the rare shapes are evicted and rebuilt from
-oneDNN's primitive cache, which stays at its default: capping that one too (256) made the
-forward 10-25% slower in the bench, this one alone costs nothing measurable (96 shapes in turn,
-in-process: 1.9-2.0 s a pass capped against 1.8-2.0 by default, heap 214 MiB against 279).
+never filled before morning, so the inference actor grew all night. Capped at 64
+(KERNEL_CACHES), the rare shapes are evicted and rebuilt from oneDNN's primitive cache, which
+stays at its default. In the scale bench (300k documents, two runs each, same session): the
+actor's peak 723-725 MiB against 852-869 uncapped, its median 589-600 -> 636-637 MiB over the
+night against 653-682 -> 760-786, and the forward's CPU 0.35-0.37 ms per document against
+0.38-0.40. Capping oneDNN's cache too (256) made the forward 10-25% slower, so it is left alone:
+it fills more slowly and stops at its own 1,024 entries.
 """
 
 from __future__ import annotations
