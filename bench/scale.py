@@ -244,7 +244,9 @@ def chart(results: dict, path: Path) -> None:
         ax.plot(t, written, label="documents written")
         ax2 = ax.twinx()
         ax2.plot(t, rate, color="tab:orange", alpha=0.5, label="documents/s written (30 s window)")
-        ax.set_title(f"{run['documents']:,} documents ({run['layout']})")
+        ax.set_title(
+            f"{run['documents']:,} documents ({run['layout']}{', again' if run.get('again') else ''})"
+        )
         ax.set_xlabel("s")
         ax.legend(loc="upper left")
         ax2.legend(loc="lower right")

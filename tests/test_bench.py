@@ -84,3 +84,27 @@ def test_scale_bench_reads_what_the_models_ran_on_from_the_progress_line(tmp_pat
     assert "through the model" not in log.read_text() and last_labeled(log) == 40_000
     log.write_text("no progress line at all\n")
     assert last_labeled(log) == 0
+
+
+def test_scale_bench_measures_growth_against_both_small_runs():
+    """The 1M night is compared with the mean of the 100k nights before and after it, and the
+    second 100k night over the first is the session's noise floor."""
+    from bench.scale import growth, mean_run
+
+    def run(peak: float, s_per_1k: float) -> dict:
+        kinds = {"raylets": peak}
+        return {
+            "peak_mib": kinds,
+            "peak_anon_mib": kinds,
+            "largest_process_mib": kinds,
+            "running_s_per_1k": s_per_1k,
+            "forward_s_per_1k": s_per_1k / 2,
+            "forward_cpu_s_per_1k": 0.0,
+        }
+
+    first, again, large = run(50.0, 0.40), run(60.0, 0.30), run(66.0, 0.35)
+    grown = growth(mean_run([first, again]), large)
+    assert grown["peak_mib"]["raylets"] == 1.2 and grown["time_per_doc"] == 1.0
+    assert "forward_cpu_per_doc" not in grown  # no CPU figure to divide by
+    noise = growth(first, again)
+    assert noise["peak_mib"]["raylets"] == 1.2 and noise["time_per_doc"] == 0.75
