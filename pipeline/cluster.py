@@ -20,9 +20,17 @@ from __future__ import annotations
 #   and back to decode), and each raylet holds buffers per chunk in flight. With Ray's 5 MiB
 #   chunks the bench's three raylets peaked at 205-210 MiB of anonymous memory on 300k
 #   documents; with 1 MiB, 157 (256 KiB: 152, for four times the messages).
+# - object_manager_max_bytes_in_flight: what a raylet holds of a transfer between nodes at
+#   once, sender and receiver alike. With Ray's default, a block moving between the inference
+#   node and the CPU node lifted both raylets by 11-16 MiB for a fraction of a second, a few
+#   times a minute (sampled 5x a second, 300k documents, two runs): the raylets' peak was
+#   whichever burst the sampler caught. At 4 MiB the lift stays under 6 MiB (5.7-5.8 in three
+#   runs) at the same speed (2,908-3,022 documents/s against 2,919-2,998); 4 MiB per round trip
+#   is still far above a datacenter link's rate.
 HEAD_SYSTEM_CONFIG = {
     "idle_worker_killing_time_threshold_ms": 20_000,
     "object_manager_default_chunk_size": 2**20,
+    "object_manager_max_bytes_in_flight": 4 * 2**20,
 }
 
 # The environment of `ray start` on every node (cluster.yaml's start commands, the bench's
