@@ -279,10 +279,13 @@ def past(small_run: dict, large_run: dict, n: int) -> dict[str, float | None]:
     return out
 
 
+PEAKS = ("peak_mib", "peak_anon_mib", "largest_process_mib")  # per-kind figures growth compares
+
+
 def mean_run(runs: list[dict]) -> dict:
     """The figures `growth` compares, averaged over runs of one size."""
     out: dict = {}
-    for key in ("peak_mib", "peak_anon_mib", "largest_process_mib"):
+    for key in PEAKS:
         out[key] = {k: sum(r[key][k] for r in runs) / len(runs) for k in runs[0][key]}
     for key in ("running_s_per_1k", "forward_s_per_1k", "forward_cpu_s_per_1k"):
         out[key] = sum(r[key] for r in runs) / len(runs)
@@ -293,8 +296,7 @@ def growth(a: dict, b: dict) -> dict:
     """Run b's figures over run a's: peaks per process kind, time per document after start-up,
     and the model's forward time (and CPU) per document."""
     out: dict = {
-        key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]}
-        for key in ("peak_mib", "peak_anon_mib", "largest_process_mib")
+        key: {k: round(b[key][k] / a[key][k], 3) if a[key][k] else None for k in a[key]} for key in PEAKS
     }
     out["time_per_doc"] = round(b["running_s_per_1k"] / a["running_s_per_1k"], 3)
     out["forward_per_doc"] = round(b["forward_s_per_1k"] / a["forward_s_per_1k"], 3)
