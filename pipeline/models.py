@@ -278,12 +278,16 @@ def cpu_name() -> str:
 
 @cache
 def cpu_has_fast_bf16() -> bool:
-    """bf16 pays off on CPUs with AMX or AVX512-BF16; elsewhere it is emulated and slow."""
+    """bf16 pays off on CPUs with AMX or AVX512-BF16, and only where oneDNN may use them (an
+    `ONEDNN_MAX_CPU_ISA` below AVX-512 turns them off); elsewhere it is emulated and slow."""
+    import torch
+
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def choose_device(runtime: RuntimeConfig) -> torch.device:

@@ -50,7 +50,19 @@ def _heap_in_use(cfg: dict, env: dict[str, str]) -> list[int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _onednn_bf16() -> bool:
+    """oneDNN runs bf16 (natively or on AVX-512 cores); only then do bf16 forwards fill ideep's
+    per-shape kernel cache. On AVX2-only CPUs bf16 takes ATen's plain kernels and caches nothing."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.slow  # two fresh processes, ~45 s
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc's mallinfo2")
+@pytest.mark.skipif(
+    not _onednn_bf16(), reason="needs oneDNN bf16 (AVX-512 or native bf16): no kernel cache here"
+)
 def test_kernel_caches_stop_growing_with_new_batch_shapes(tiny_models):
     """bf16 on a CPU caches kernels per shape. With ideep's default (1,024 entries) the heap
     grows ~0.8 MB with every new shape; capped (pipeline.heap.KERNEL_CACHES), about half that,
