@@ -18,15 +18,16 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.cluster import cpu_tasks, ensure_ray
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import ERROR_LIMITS, ConfigError, PipelineConfig
 from pipeline.inputs import InputError, InputFiles, discover, inspect
 from pipeline.kinds import output_fields
-from pipeline.models import model_revisions
-from pipeline.placement import PlacementWatch, StopRun, actor_needs
+from pipeline.models import check_models, model_revisions
+from pipeline.placement import NoActorNodeError, PlacementWatch, StopWhenTripped, actor_needs
 from pipeline.progress import ProgressLine, quiet_ray_data_console
 from pipeline.progress import interval_s as progress_interval_s
 from pipeline.publish import SUCCESS, Publisher
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
+from pipeline.row_errors import ErrorBudgetExceeded, ErrorCounts, listed, over_budget
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
 from pipeline.tally import DTYPE_KEY
 
@@ -75,6 +76,7 @@ def run(
         )
         return {**pub.report(), "status": "already_complete"}
     meta = lineage(cfg, date)  # checks every model source, before Ray starts or anything is cleared
+    check_models(cfg)
     if overwrite:
         pub.clear()
 
@@ -116,11 +118,21 @@ def run(
         counts["startup_s"] = first - started
     report = _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed)
     files = pub.data_files()
-    report["output_files"] = len(files)
-    report["output_rows"] = _count_rows(out_fs, files)
+    errors = night_errors(out_fs, files, id_col, f"{cfg.output.prefix}error")
+    report.update(output_files=len(files), output_rows=errors.rows, **errors.as_report())
+    report.update({key: getattr(cfg.output, key) for key in ERROR_LIMITS})
     expected = inputs.rows - report["skipped_rows"]
     if report["output_rows"] != expected:
         log.warning("output has %d rows but %d were expected", report["output_rows"], expected)
+    refused = over_budget(errors, cfg.output.max_error_rate, cfg.output.max_input_error_rate)
+    if refused:
+        reason, key = refused
+        report["status"] = "refused"
+        held = pub.hold(report)
+        raise ErrorBudgetExceeded(
+            f"not published: {reason}. The night stays staged (report: {held}): after a fix, rerun "
+            f"with --overwrite; to publish it as it is, rerun with --set {key}=<higher>"
+        )
     pub.publish(report)
     echo(summary(report))
     return report
@@ -221,17 +233,18 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
-    from pipeline.tally import Tally
+    from pipeline.tally import start as start_tally
 
     assert cfg.input is not None and cfg.output is not None
     tally_name = f"bert-pipeline-tally-{uuid.uuid4().hex[:12]}"
-    tally = Tally.options(name=tally_name).remote()  # type: ignore[attr-defined]
+    tally = start_tally(tally_name)
     ctx = DataContext.get_current()
     fields = (
         "checkpoint_config",
         "raise_original_map_exception",
         "write_file_retry_on_errors",
         "retried_io_errors",
+        "custom_execution_callback_classes",
     )
     previous = {f: getattr(ctx, f) for f in fields}
     ctx.checkpoint_config = CheckpointConfig(
@@ -250,6 +263,8 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
     need = actor_needs(r.cpus_per_actor, r.gpus_per_actor, r.infer_resources)
     if cfg.runtime.backend == "serve":
         need = actor_needs(r.cpus_per_task, 0, {})
+    watch = PlacementWatch(need, r.actor_node_timeout_s)
+    ctx.custom_execution_callback_classes = [*ctx.custom_execution_callback_classes, StopWhenTripped]
     try:
         tasks = cpu_tasks(r.cpu_tasks)  # once: decode and write must get the same cap to fuse
         done = done_ids(ctx, pub.data, out_fs)
@@ -260,10 +275,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
             counts = ray.get(tally.get.remote(), timeout=5)
             return int(counts.get("documents", 0)), int(counts.get("inferred", 0))
 
-        with (
-            PlacementWatch(need, r.actor_node_timeout_s) as watch,
-            ProgressLine(progress, todo, echo, progress_interval_s()),
-        ):
+        with watch, ProgressLine(progress, todo, echo, progress_interval_s()):
             try:
                 ds.write_parquet(
                     pub.data,
@@ -274,10 +286,9 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
                     ray_remote_args={"num_cpus": r.cpus_per_task},  # same as decode: the two fuse
                     concurrency=tasks,
                 )
-            except StopRun:
-                watch.check()  # the watch stopped the run: say why, in one line
-                raise
             except Exception as exc:
+                if watch.tripped:  # the watch stopped the run: say why, in one line
+                    raise NoActorNodeError(watch.tripped) from None
                 ours = _our_error(exc)
                 if ours is None and is_transient(exc):  # e.g. a write that ran out of retries
                     ours = StorageError.from_exception(exc)
@@ -307,14 +318,37 @@ def _our_error(exc: BaseException) -> Exception | None:
     return type(ours)(line)
 
 
-def _count_rows(fs: Any, files: list[str]) -> int:
+def night_errors(fs: Any, files: list[str], id_col: str, err_col: str) -> ErrorCounts:
+    """Rows and row errors of the whole night, read back from its output: a resumed night counts
+    what its earlier runs wrote, and nothing depends on counters a lost process held. A file
+    whose statistics say its error column is all null is not read past its footer."""
     import pyarrow.parquet as pq
 
-    total = 0
+    counts = ErrorCounts()
     for path in files:
         with fs.open_input_file(path) as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+            parquet = pq.ParquetFile(f)
+            meta = parquet.metadata
+            if err_col not in parquet.schema_arrow.names or _all_null(meta, err_col):
+                counts.add(meta.num_rows, [])
+                continue
+            table = parquet.read(columns=[id_col, err_col])
+        counts.add(table.num_rows, table.column(err_col).to_pylist(), table.column(id_col).to_pylist())
+    return counts
+
+
+def _all_null(meta: Any, name: str) -> bool:
+    """True when every row group's statistics say the (flat) column holds only nulls."""
+    leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if name not in leaves:
+        return False
+    column = leaves.index(name)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
+            return False
+    return True
 
 
 def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict[str, Any]:
@@ -333,7 +367,6 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "skipped_rows": int(counts.get("skipped_rows", 0)),
         "already_written": int(counts.get("already_written", 0)),
         "documents": docs,
-        "errors": int(counts.get("errors", 0)),
         "windows": int(counts.get("windows", 0)),
         "tokens": tokens,
         "padded_tokens": padded,
@@ -366,7 +399,7 @@ def model_dtypes(counts: dict[str, Any]) -> dict[str, list[str]]:
 def summary(report: dict[str, Any]) -> str:
     eff = report.get("padding_efficiency")
     lines = [
-        f"done: {report['documents']} documents this run ({report['errors']} with errors) in {report['wall_s']}s"
+        f"done: {report['documents']} documents this run in {report['wall_s']}s"
         f" = {report['docs_per_s']} docs/s"
         + (
             f" (start-up until the first model batch: {report['startup_s']}s)"
@@ -378,6 +411,12 @@ def summary(report: dict[str, Any]) -> str:
         f"  output: {report['output']} ({report.get('output_files', '?')} files, "
         f"{report.get('output_rows', '?')} rows; input rows {report['input_rows']})",
     ]
+    if report.get("errors"):
+        lines.append(
+            f"  {report['errors']} rows with errors: {report['failed_rows']} failed "
+            f"({report['error_rate']:.2%}, limit {report['max_error_rate']:.2%}), "
+            f"{report['input_errors']} input problems; " + listed(report["top_errors"])
+        )
     if report.get("already_written"):
         lines.append(
             f"  resumed: {report['already_written']} documents were already written by the earlier run"

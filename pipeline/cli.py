@@ -35,6 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.placement import NoActorNodeError
     from pipeline.publish import OutputError
     from pipeline.revisions import ModelChanged
+    from pipeline.row_errors import ErrorBudgetExceeded
     from pipeline.storage import StorageError
 
     cfg = _load_config(args)
@@ -46,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (StorageError, NoActorNodeError) as exc:  # worth a retry later: the run resumes
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ErrorBudgetExceeded as exc:  # ran to the end, but too many rows failed to publish
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if args.show and report.get("status") == "complete":
         _show_rows(cfg, report, args.show)
     return 0
@@ -109,11 +113,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.cluster import ensure_ray
-    from pipeline.models import model_revisions
+    from pipeline.models import check_models
     from pipeline.serve import start
 
     cfg = _load_config(args)
-    model_revisions(cfg)  # a missing model fails here, in one line, before Ray starts
+    check_models(cfg)  # a missing or broken model fails here, in one line, before Ray starts
     ensure_ray(args.address or cfg.ray.address)
     start(cfg, blocking=True)
     return 0
@@ -265,12 +269,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from pipeline.models import ModelLoadError
+    from pipeline.storage import StorageError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ModelLoadError) as exc:
+    except (ConfigError, ModelLoadError) as exc:  # the config or the model must change
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # the store failed: the same command may succeed later
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

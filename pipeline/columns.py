@@ -105,7 +105,7 @@ def columns_to_encoded(table: pa.Table, group_of: dict[str, int]) -> list[Encode
     for i, err in enumerate(errs):
         tokens = {name: streams[g][i] for name, g in group_of.items()}
         if err is not None or any(t is None for t in tokens.values()):
-            out.append(Encoded(error=err or "missing tokens"))
+            out.append(Encoded(error=err or "inference failed: missing tokens"))
         else:
             out.append(Encoded(tokens))  # type: ignore[arg-type]
     return out

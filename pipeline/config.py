@@ -266,12 +266,31 @@ class OutputConfig(_Strict):
     min_rows_per_file: int = Field(10_000, ge=1)
     max_rows_per_file: int = Field(200_000, ge=1)
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="publish the night only if at most this share of its rows failed in tokenization, "
+        "inference or decode (input problems such as a null text are counted apart). A broken model or "
+        "tokenizer fails nearly every row and a poisoned row is rare: 1% holds back the first and lets "
+        "a few of the second through. Over it, the night stays staged and the run exits 3",
+    )
+    max_input_error_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the same limit for rows whose text cannot be annotated (null, not a string, over "
+        "runtime.max_chars); default: none, as they are the data's and get their per-row error",
+    )
 
     @model_validator(mode="after")
     def _file_bounds(self) -> OutputConfig:
         if self.min_rows_per_file > self.max_rows_per_file:
             raise ValueError("min_rows_per_file must not exceed max_rows_per_file")
         return self
+
+
+ERROR_LIMITS = ("max_error_rate", "max_input_error_rate")
 
 
 class DeploymentOptions(_Strict):
@@ -371,8 +390,11 @@ class PipelineConfig(_Strict):
         return data
 
     def config_hash(self) -> str:
-        """Stable short hash of the effective config, recorded in outputs for lineage."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable short hash of the effective config, recorded in outputs for lineage. The error
+        limits decide whether a night is published, not what it holds: a rerun with a raised
+        limit publishes the staged night it held back."""
+        data = self.model_dump(mode="json", exclude={"output": set(ERROR_LIMITS)})
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

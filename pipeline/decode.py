@@ -19,6 +19,7 @@ from pipeline.encode import Encoded
 from pipeline.infer import Inferred
 from pipeline.kinds import Slot, kind_of, slots
 from pipeline.kinds.base import KindBatch, KindDecoded, KindDecoder, Listed
+from pipeline.row_errors import failed
 
 if TYPE_CHECKING:
     from pipeline.config import ModelsConfig
@@ -132,7 +133,7 @@ class Decoder:
                 try:
                     parts.append(self._decode(texts[i : i + 1], out.doc(i)))
                 except Exception as exc:  # noqa: BLE001
-                    parts.append(Decoded.failed(self.slots, f"decode failed: {type(exc).__name__}: {exc}"))
+                    parts.append(Decoded.failed(self.slots, failed("decode", exc)))
             return Decoded.concat(parts)
 
     def _decode(self, texts: Sequence[object], out: Outputs) -> Decoded:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.model_facts import TokenizerFacts
+from pipeline.row_errors import failed, text_error
 
 
 @dataclass(frozen=True)
@@ -83,17 +84,6 @@ def same_tokenizer(a: TokenizerFacts, b: TokenizerFacts) -> bool:
     return a is b or a.canonical == b.canonical
 
 
-def text_error(text: object, max_chars: int) -> str | None:
-    """Why a value cannot be annotated, or None when it can."""
-    if text is None:
-        return "text is null"
-    if not isinstance(text, str):
-        return f"text must be a string, got {type(text).__name__}"
-    if len(text) > max_chars:
-        return f"text has {len(text)} characters, more than runtime.max_chars ({max_chars})"
-    return None
-
-
 class Tokenizer:
     """Wraps one fast tokenizer: many texts in, one `Tokens` (or an error) per text out."""
 
@@ -112,7 +102,7 @@ class Tokenizer:
                 try:
                     out.extend(self._batch([text]))
                 except Exception as exc:  # noqa: BLE001
-                    out.append(f"tokenization failed: {type(exc).__name__}: {exc}")
+                    out.append(failed("tokenization", exc))
             return out
 
     def _batch(self, texts: list[str]) -> list[Tokens | str]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline import heap
 from pipeline.encode import Encoded, Framing, framing_of, window_spans
+from pipeline.row_errors import failed
 
 if TYPE_CHECKING:
     from pipeline.config import RuntimeConfig
@@ -272,7 +273,7 @@ class ModelRunner:
                     if is_out_of_memory(exc1):
                         self._free_memory()
                     outs.append(None)
-                    errors[i] = f"inference failed: {type(exc1).__name__}: {exc1}"
+                    errors[i] = failed("inference", exc1)
         for i, out in zip(idx, outs, strict=True):
             results[i] = out
 

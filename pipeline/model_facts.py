@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 
-FORMAT = 1  # bump when the fields change: older saved facts are then rebuilt
+FORMAT = 2  # bump when the fields change: older saved facts are then rebuilt
 READ_SUFFIXES = (".json", ".txt", ".model")  # config, tokenizer and vocabulary files
 
 
@@ -92,15 +92,24 @@ class ModelFacts:
     problem_type: str | None
     num_labels: int
     max_positions: int | None
+    token_ids: int = 0  # ids the tokenizer can emit: its vocabulary and added tokens
+    embedding_rows: int | None = None  # rows of the model's token embedding table
+    head_rows: int | None = None  # outputs of its classification head, where the weights have one
 
     @classmethod
-    def of(cls, tok: Any, config: Any) -> ModelFacts:
+    def of(cls, tok: Any, config: Any, shapes: dict[str, list[int]] | None = None) -> ModelFacts:
+        shapes = shapes or {}
+        embedding = _shape(shapes, EMBEDDING_NAMES)
+        head = _shape(shapes, HEAD_NAMES)
         return cls(
             tokenizer=TokenizerFacts.of(tok),
             id2label={int(k): str(v) for k, v in config.id2label.items()},
             problem_type=getattr(config, "problem_type", None),
             num_labels=int(config.num_labels),
             max_positions=getattr(config, "max_position_embeddings", None),
+            token_ids=len(tok),
+            embedding_rows=embedding[0] if embedding else getattr(config, "vocab_size", None),
+            head_rows=head[0] if head else None,
         )
 
     def to_json(self) -> str:
@@ -115,6 +124,25 @@ class ModelFacts:
         tok = {k: tuple(v) if isinstance(v, list) else v for k, v in tok.items()}
         data["id2label"] = {int(k): v for k, v in data["id2label"].items()}
         return cls(tokenizer=TokenizerFacts(**tok), **data)
+
+
+EMBEDDING_NAMES = ("word_embeddings.weight",)
+HEAD_NAMES = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
+
+
+def _shape(shapes: dict[str, list[int]], names: tuple[str, ...]) -> list[int] | None:
+    return next((shape for key, shape in shapes.items() if key.endswith(names)), None)
+
+
+def weight_shapes(path: Path) -> dict[str, list[int]]:
+    """Every weight's shape, read from the safetensors headers alone (a few KB, no tensors)."""
+    shapes: dict[str, list[int]] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with f.open("rb") as stream:
+            size = int.from_bytes(stream.read(8), "little")
+            header = json.loads(stream.read(size))
+        shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    return shapes
 
 
 def saved_facts(path: Path, revision: str, cache_dir: Path, read: Callable[[], ModelFacts]) -> ModelFacts:

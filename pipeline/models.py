@@ -23,8 +23,8 @@ from filelock import FileLock
 
 from pipeline import heap
 from pipeline.config import HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
-from pipeline.model_facts import ModelFacts, saved_facts
-from pipeline.storage import is_s3, s3_filesystem, strip_scheme
+from pipeline.model_facts import ModelFacts, saved_facts, weight_shapes
+from pipeline.storage import StorageError, is_s3, is_transient, s3_filesystem, strip_scheme
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,9 @@ def _s3_listing(source: str, s3: S3Options, allow_pickle: bool) -> tuple[Any, st
     try:
         listing = fs.find(prefix, detail=True)
     except Exception as exc:  # noqa: BLE001 - any S3 failure becomes one clear message
-        raise ModelLoadError(f"cannot list model source {source}: {type(exc).__name__}: {exc}") from None
+        if is_transient(exc):  # the store, not the config: a later run may well succeed
+            raise StorageError("listing model source", source, exc) from exc
+        raise ModelLoadError(f"cannot list model source {source}: {type(exc).__name__}: {exc}") from exc
     objects = {
         key[len(prefix) + 1 :]: str(info.get("ETag") or info.get("etag") or info.get("size"))
         for key, info in listing.items()
@@ -173,7 +175,14 @@ def _fetch_s3(source: str, s3: S3Options, cache_dir: Path, allow_pickle: bool) -
         for rel in sorted(objects):
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{prefix}/{rel}", str(dest))
+            try:
+                fs.get_file(f"{prefix}/{rel}", str(dest))
+            except Exception as exc:  # noqa: BLE001 - one clear message, the cause kept
+                if is_transient(exc):
+                    raise StorageError("downloading model file", f"{source.rstrip('/')}/{rel}", exc) from exc
+                raise ModelLoadError(
+                    f"cannot download {source.rstrip('/')}/{rel}: {type(exc).__name__}: {exc}"
+                ) from exc
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         done.write_text(json.dumps({"source": source, "objects": objects}))
@@ -342,10 +351,10 @@ def load_model(
         raise ModelLoadError(f"model source {spec.source} has no config.json")
     check_weights_safe(path, spec.allow_pickle)
     if not weights:  # transformers (and torch with it) is imported only where facts are not saved yet
-        facts = saved_facts(path, revision, cache_dir, lambda: ModelFacts.of(*_read_hf(path, spec.source)))
+        facts = saved_facts(path, revision, cache_dir, lambda: _read_facts(path, spec.source)[0])
         return _checked(LoadedModel(name, spec, path, revision, facts))
-    tokenizer, config = _read_hf(path, spec.source)
-    loaded = _checked(LoadedModel(name, spec, path, revision, ModelFacts.of(tokenizer, config), tokenizer))
+    facts, tokenizer = _read_facts(path, spec.source)
+    loaded = _checked(LoadedModel(name, spec, path, revision, facts, tokenizer))
     device = device or _cpu()
     if _use_int8(int8, loaded, device, cache_dir):
         from pipeline.quantize import int8_model
@@ -375,13 +384,47 @@ def _read_hf(path: Path, source: str) -> tuple[Any, Any]:
     return tokenizer, config
 
 
+def _read_facts(path: Path, source: str) -> tuple[ModelFacts, Any]:
+    """The model's facts, and its HF tokenizer."""
+    tokenizer, config = _read_hf(path, source)
+    return ModelFacts.of(tokenizer, config, weight_shapes(path)), tokenizer
+
+
 def _checked(lm: LoadedModel) -> LoadedModel:
-    max_pos = lm.facts.max_positions
+    """Refuse, in one line, a model that would fail or mislabel every row: windows longer than
+    its positions, a tokenizer that emits ids past its embedding table, a label map that is not
+    its head's."""
+    facts, where, source = lm.facts, f"models.{lm.name}", lm.spec.source
+    max_pos = facts.max_positions
     if max_pos and lm.spec.max_length > max_pos:
         raise ModelLoadError(
-            f"models.{lm.name}.max_length is {lm.spec.max_length} but {lm.spec.source} has only {max_pos} positions"
+            f"{where}.max_length is {lm.spec.max_length} but {source} has only {max_pos} positions"
+        )
+    tok = facts.tokenizer
+    top_id = max(facts.token_ids - 1, *tok.prefix, *tok.suffix, tok.pad_id)
+    if facts.embedding_rows and top_id >= facts.embedding_rows:
+        raise ModelLoadError(
+            f"{where}: the tokenizer of {source} emits ids up to {top_id} but the model's embedding table "
+            f"has {facts.embedding_rows} rows: every text with a token past it would fail. Save the model "
+            "with the tokenizer it was trained with"
+        )
+    labels = sorted(facts.id2label)
+    if labels != list(range(facts.num_labels)):
+        raise ModelLoadError(
+            f"{where}: the label map of {source} has ids {labels[:8]}, not 0..{facts.num_labels - 1}"
+        )
+    if facts.head_rows is not None and facts.head_rows != facts.num_labels:
+        raise ModelLoadError(
+            f"{where}: {source} has {facts.num_labels} labels in its config (id2label) but its "
+            f"classification head has {facts.head_rows} outputs: the label map is not this head's"
         )
     return lm
+
+
+def check_models(cfg: PipelineConfig) -> None:
+    """Read every model's tokenizer, labels and weight shapes (not the weights) and refuse one
+    that cannot work: on the driver, before Ray starts, in one line."""
+    load_models(cfg, weights=False)
 
 
 def _cpu() -> torch.device:

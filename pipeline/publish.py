@@ -140,6 +140,13 @@ class Publisher:
         self.tidy()
         return self._parquet(self.root)
 
+    def hold(self, report: dict[str, Any]) -> str:
+        """Keep a night that may not be published staged, with its report beside it: a rerun
+        publishes it (limits raised) or --overwrite redoes it. Returns the report's path."""
+        path = join(self.staging, REPORT)
+        self._write(path, json.dumps(report, indent=2))
+        return path
+
     def tidy(self) -> None:
         """Remove the staging of a published night (left behind when a publish was cut short)."""
         if self._exists(self.staging):

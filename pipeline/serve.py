@@ -301,7 +301,7 @@ class Ingress:
             served = await asyncio.wait_for(self.model.served_models.remote(), timeout=5)
             self._saw({n: m["revision"] for n, m in served.items()})
         except Exception:  # noqa: BLE001 - the model deployment is down: say what was seen
-            pass
+            log.debug("/v1/models: the model deployment did not answer", exc_info=True)
         return {
             "models": self.describe,
             "serving": self._serving(),
@@ -441,7 +441,7 @@ class Ingress:
                 self.cfg.serve.backpressure_status, "model queue is full; retry later", retry
             ) from None
         except Exception as exc:  # noqa: BLE001 - a replica that died mid-request, etc.
-            log.warning("model call failed: %s", type(exc).__name__)
+            log.warning("model call failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
             raise HttpError(503, f"model unavailable ({type(exc).__name__}); retry later", retry) from None
 
 

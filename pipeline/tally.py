@@ -40,6 +40,16 @@ class Tally:
         return dict(self.notes)
 
 
+def start(name: str) -> Any:
+    """The run's tally, on the driver's node: it shares the driver's fate and no other node's.
+    Placed anywhere, a lost worker node took the run's counters, and the run with them. Ray
+    Data pins its own stats actor to the driver's node for the same reason."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Tally.options(name=name, scheduling_strategy=here).remote()  # type: ignore[attr-defined]
+
+
 _handles: dict[str, object] = {}
 
 

@@ -207,7 +207,11 @@ def ray_cluster():
     )
     cluster.add_node(num_cpus=1, num_gpus=1)
     ray.init(address=cluster.address)
-    yield SimpleNamespace(address=cluster.address, dashboard=f"http://127.0.0.1:{port}")
+    yield SimpleNamespace(
+        address=cluster.address,
+        dashboard=f"http://127.0.0.1:{port}",
+        session_dir=cluster.head_node.get_session_dir_path(),
+    )
     ray.shutdown()
     cluster.shutdown()
 

@@ -29,14 +29,15 @@ from pipeline.storage import StorageError
 pytestmark = pytest.mark.slow
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, every: float = 0.2):
+    """The predicate's first true value."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if predicate():
-            return
+        if value := predicate():
+            return value
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"the run ended before {what}")
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -193,6 +194,83 @@ def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(ti
     report = json.loads((out / "_report.json").read_text())
     assert report["resumed"] is True and report["output_rows"] == len(ids)
     assert report["documents"] == len(ids) - done_before, "the rerun labels only what was not written"
+    assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
+
+
+def _raylet_running(cluster: LocalCluster, match) -> int | None:
+    """The raylet of a node with a worker process whose title `match`es, if any."""
+    kids = children()
+    for raylet in cluster.pids("/raylet/raylet"):
+        for pid in kids.get(raylet, []):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and match(title):
+                return raylet
+    return None
+
+
+def _worker_raylet(cluster: LocalCluster) -> int:
+    """The raylet of some worker node (not the head's)."""
+    for raylet in cluster.pids("/raylet/raylet"):
+        if b" --head" not in Path(f"/proc/{raylet}/cmdline").read_bytes().replace(b"\0", b" "):
+            return raylet
+    raise LookupError("no worker node")
+
+
+@pytest.fixture(scope="module")
+def cpu_less_head_cluster():
+    """An operator's cluster: a head with no CPUs (driver, GCS) and two 2-CPU worker nodes; a
+    lost node is noticed within ~2 s."""
+    fast_death = {"health_check_period_ms": 1000, "health_check_failure_threshold": 2}
+    with LocalCluster([Node(cpus=2), Node(cpus=2)], system_config=fast_death) as cluster:
+        yield cluster
+
+
+def _id_check(title: str) -> bool:
+    return title.startswith(("ray::_split", "ray::_repeats"))
+
+
+def _inference(title: str) -> bool:
+    return "InferActor" in title
+
+
+# When a worker node is lost: (when the test kills, which node)
+MOMENTS = {
+    "id_check": (lambda c, out: _raylet_running(c, _id_check)),  # run.json comes after the check
+    "before_first_block": (
+        lambda c, out: (out / "_staging" / "run.json").exists() and _raylet_running(c, _inference)
+    ),
+    "mid_write": (lambda c, out: _staged(out) >= 1 and _raylet_running(c, _inference)),
+    "publish": (lambda c, out: (out / "_staging" / "WRITTEN").exists() and _worker_raylet(c)),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_a_lost_worker_node_costs_the_night_nothing(cpu_less_head_cluster, tiny_models, tmp_path, moment):
+    """A worker node SIGKILLed (raylet, object store, its workers) at each moment of a night on
+    a cluster whose head has no CPUs: the night ends with every id once and is published. The
+    lost node is replaced afterwards, for the next case."""
+    cluster = cpu_less_head_cluster
+    path, out, ids = _night_config(tmp_path, tiny_models, 16, 750)
+    run = _run_cli(path, cluster, tmp_path / "run.log")
+    # publishing takes a fraction of a second: look often
+    victim = _wait(
+        lambda: MOMENTS[moment](cluster, out), 300, moment, run, 0.01 if moment == "publish" else 0.2
+    )
+    began, staged = (out / "_staging" / "run.json").exists(), _staged(out)
+    os.kill(victim, signal.SIGKILL)
+    if moment == "id_check":
+        assert not began, "killed during the id check"
+    elif moment == "before_first_block":
+        assert staged == 0, "killed before the first block was written"
+    code = run.wait(timeout=600)
+    log = (tmp_path / "run.log").read_text()
+    cluster.add(Node(cpus=2))  # replace the lost node for the next case
+    assert code == 0, log[-4000:]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["status"] == "complete" and report["output_rows"] == len(ids)
     assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
 
 
