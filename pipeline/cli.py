@@ -159,7 +159,12 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = {"throughput": "bench.throughput", "serve-load": "bench.serve_load", "scale": "bench.scale"}
+BENCHES = {
+    "throughput": "bench.throughput",
+    "serve-load": "bench.serve_load",
+    "scale": "bench.scale",
+    "soak": "bench.soak",
+}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -253,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="benchmarks: throughput (vs HF pipelines, Ray Data recipe), serve-load, scale (100k/1M docs)",
+        help="benchmarks: throughput (vs HF pipelines, Ray Data recipe), serve-load, scale (100k/1M docs), "
+        "soak (the online API under load for minutes)",
     )
     p.add_argument("bench", choices=sorted(BENCHES))
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --quick; see --help")

@@ -25,14 +25,26 @@ TOP = 10  # message groups in a report
 SAMPLE_IDS = 3  # ids kept per message group
 MAX_GROUPS = 1000  # distinct messages tracked; the rest are counted under one "(other messages)"
 
-_NULL, _NOT_STR, _TOO_LONG = "text is null", "text must be a string", "text has "
+_NULL, _NOT_STR, _TOO_LONG, _NOT_UTF8 = (
+    "text is null",
+    "text must be a string",
+    "text has ",
+    "text is not valid UTF-8",
+)
 _logged: Counter[str] = Counter()
+
+
+class InvalidUtf8(bytes):
+    """A text cell whose bytes are not UTF-8: Arrow reads such a Parquet string column, and only
+    converting it to Python fails. The row gets an error; its neighbours are annotated."""
 
 
 def text_error(text: object, max_chars: int) -> str | None:
     """Why a value cannot be annotated, or None when it can."""
     if text is None:
         return _NULL
+    if isinstance(text, InvalidUtf8):
+        return f"{_NOT_UTF8} ({len(text)} bytes)"
     if not isinstance(text, str):
         return f"{_NOT_STR}, got {type(text).__name__}"
     if len(text) > max_chars:
@@ -59,7 +71,7 @@ def failed(stage: str, exc: BaseException) -> str:
 
 def kind_of(message: str) -> str:
     """`input`, the stage that failed, or `other`."""
-    if message == _NULL or message.startswith((_NOT_STR, _TOO_LONG)):
+    if message == _NULL or message.startswith((_NOT_STR, _TOO_LONG, _NOT_UTF8)):
         return INPUT
     stage = message.split(" failed: ", 1)[0] if " failed: " in message else ""
     return stage if stage in STAGES else OTHER

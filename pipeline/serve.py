@@ -35,6 +35,7 @@ from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
 from pipeline.encode import Encoded
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
+from pipeline.row_errors import by_kind
 
 log = logging.getLogger(__name__)
 LIVE_S = 60.0  # /v1/models lists the revisions that answered within this many seconds
@@ -262,6 +263,13 @@ class Ingress:
             description="HTTP requests by endpoint and status",
             tag_keys=("endpoint", "status"),
         )
+        self._item_errors = MetricCounter(
+            "bert_pipeline_item_errors_total",
+            description="texts answered with a per-item error, by endpoint and kind (input, "
+            "tokenization, inference, decode)",
+            tag_keys=("endpoint", "kind"),
+        )
+        self.item_errors: Counter[str] = Counter()  # by kind, for /v1/stats
         self._latency = Histogram(
             "bert_pipeline_request_seconds",
             description="request latency by endpoint",
@@ -316,7 +324,10 @@ class Ingress:
             return denied
         stats = await self.model.stats.remote()
         # answers this ingress replica had decoded by the model replica (it ran another revision)
-        return {**stats, "ingress": {"skew_answers": self.skew_answers}}
+        return {
+            **stats,
+            "ingress": {"skew_answers": self.skew_answers, "item_errors": dict(self.item_errors)},
+        }
 
     # internals
     async def _serve(self, request: Request, endpoint: str) -> JSONResponse:
@@ -337,12 +348,18 @@ class Ingress:
                 rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
                 described = {n: self.describe[n] for n in names}
             self._saw({n: d["revision"] for n, d in described.items()})
+            self._count_errors(endpoint, [row["error"] for row in rows])
             response = JSONResponse({"results": rows, "model": described})
         except HttpError as err:
             response = _error(err)
         self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
         self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
         return response
+
+    def _count_errors(self, endpoint: str, errors: list[str | None]) -> None:
+        for kind, n in by_kind(errors).items():
+            self.item_errors[kind] += n
+            self._item_errors.inc(n, tags={"endpoint": endpoint, "kind": kind})
 
     def _saw(self, revisions: dict[str, str]) -> None:
         now = time.monotonic()

@@ -27,6 +27,7 @@ from pipeline.config import PipelineConfig
 from pipeline.engine import Engine
 from pipeline.infer import Inferred
 from pipeline.revisions import check_revisions
+from pipeline.row_errors import InvalidUtf8
 from pipeline.tally import report
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,29 @@ def light_engine(config: dict[str, Any]) -> Engine:
     return _cached("light", config, lambda cfg: Engine.build(cfg, weights=False))
 
 
+def texts_of(column: pa.ChunkedArray) -> list[object]:
+    """The column's values as Python objects; cells that are not valid UTF-8 (Arrow reads them,
+    Python cannot decode them) become `InvalidUtf8`, which gets its row an error, not the block."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        raw = column.cast(pa.binary()) if pa.types.is_string(column.type) else column.cast(pa.large_binary())
+        out: list[object] = []
+        for value in raw.to_pylist():
+            try:
+                out.append(None if value is None else value.decode())
+            except UnicodeDecodeError:
+                out.append(InvalidUtf8(value))
+        return out
+
+
 def encode_batch(
     table: pa.Table, *, config: dict[str, Any], text_column: str, expected: dict | None = None
 ) -> pa.Table:
     """CPU task: tokenize the text column once per distinct tokenizer."""
     light = light_engine(config)
     check_revisions(expected or {}, light.revisions, "the model source")
-    docs = light.encoder.encode(table.column(text_column).to_pylist())
+    docs = light.encoder.encode(texts_of(table.column(text_column)))
     columns = encoded_to_columns(docs, light.encoder, offset_groups(light.encoder, light.models))
     out = replace_columns(table, columns)
     heap.trim()
@@ -77,7 +94,7 @@ def decode_batch(
     """CPU task: model outputs -> every model's output columns and error; internal columns dropped."""
     light = light_engine(config)
     check_revisions(json.loads(metadata).get("models") or {}, light.revisions, "the model source")
-    texts = table.column(text_column).to_pylist()
+    texts = texts_of(table.column(text_column))
     outputs = columns_to_outputs(table, light.models, light.encoder.group_of)
     decoded = light.decoder.decode_outputs(texts, outputs)
     out = replace_columns(table, decoded.to_columns(prefix), drop=internal_columns(table))

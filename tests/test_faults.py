@@ -255,10 +255,9 @@ def test_a_lost_worker_node_costs_the_night_nothing(cpu_less_head_cluster, tiny_
     cluster = cpu_less_head_cluster
     path, out, ids = _night_config(tmp_path, tiny_models, 16, 750)
     run = _run_cli(path, cluster, tmp_path / "run.log")
-    # publishing takes a fraction of a second: look often
-    victim = _wait(
-        lambda: MOMENTS[moment](cluster, out), 300, moment, run, 0.01 if moment == "publish" else 0.2
-    )
+    # the id check and the publish take a fraction of a second: look often
+    every = 0.2 if moment in ("before_first_block", "mid_write") else 0.01
+    victim = _wait(lambda: MOMENTS[moment](cluster, out), 300, moment, run, every)
     began, staged = (out / "_staging" / "run.json").exists(), _staged(out)
     os.kill(victim, signal.SIGKILL)
     if moment == "id_check":
@@ -377,3 +376,24 @@ def test_s3_outage_mid_run_fails_in_one_line_and_the_rerun_resumes(
     assert report["status"] == "complete" and report["resumed"] is True
     assert report["already_written"] > 0 and report["documents"] == len(ids) - report["already_written"]
     assert [r["id"] for r in _s3_output(cfg)] == sorted(ids)
+
+
+def test_a_model_store_outage_is_a_storage_error_not_a_config_error(
+    s3_client, tiny_models, tmp_path, faulty_s3, capsys
+):
+    """Listing a model's s3:// source through an outage: exit 1 and "run again" (the store failed),
+    not exit 2 (the config is wrong); the library's error stays the cause."""
+    from pipeline.cli import main
+    from pipeline.models import model_revisions
+
+    cfg, _ = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=1, max_attempts=2)
+    faulty_s3.set(1.0, ("503",), match=lambda method, path: path.startswith("/models"))
+    with pytest.raises(StorageError) as caught:
+        model_revisions(PipelineConfig.from_dict(cfg))
+    assert caught.value.__cause__ is not None, "the original exception is kept"
+    path = tmp_path / "night.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: listing model source s3://models/{tmp_path.name}/cls/ still failed"), err
+    assert "run the same command again" in err

@@ -50,11 +50,16 @@ def post(url: str, path: str, body, **kw) -> httpx.Response:
 def test_http_answers_equal_annotator_and_batch_output(app, reference, tiny_models, corpus, tmp_path):
     url, _ = app
     texts = [t for t in corpus if len(t) <= 5000][:15] + [None]
+    errors_before = httpx.get(url + "/v1/stats").json()["ingress"]["item_errors"]
     got = post(url, "/v1/annotate", {"texts": texts})
     assert got.status_code == 200, got.text
     rows = got.json()["results"]
     assert_rows_close(rows, reference.annotate(texts))
     assert rows[-1]["error"] == "text is null"
+    errors_after = httpx.get(url + "/v1/stats").json()["ingress"]["item_errors"]
+    assert errors_after.get("input", 0) == errors_before.get("input", 0) + 1, (
+        "per-item errors counted by kind"
+    )
     assert set(got.json()["model"]) == {"classifier", "ner"}
 
     # the nightly job gives the same rows for the same texts
