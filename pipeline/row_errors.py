@@ -49,6 +49,11 @@ def text_error(text: object, max_chars: int) -> str | None:
         return f"{_NOT_STR}, got {type(text).__name__}"
     if len(text) > max_chars:
         return f"{_TOO_LONG}{len(text)} characters, more than runtime.max_chars ({max_chars})"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate (a JSON "\ud800" escape): not text
+            return f"{_NOT_UTF8}: it holds a lone surrogate at character {exc.start}"
     return None
 
 

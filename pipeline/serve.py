@@ -409,6 +409,8 @@ class Ingress:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "request body is nested too deeply") from None
         try:
             return AnnotateRequest.model_validate(data)
         except ValidationError as exc:

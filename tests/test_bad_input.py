@@ -83,3 +83,25 @@ def test_a_failing_sequence_does_not_sink_its_batch():
     assert errors[1] and "poisoned input" in errors[1]
     assert all(e is None for i, e in enumerate(errors) if i != 1)
     assert results[1] is None and all(r is not None for i, r in enumerate(results) if i != 1)
+
+
+def test_text_that_is_not_unicode_is_an_input_problem_of_its_row(ann):
+    """A lone surrogate (a JSON "\\ud800" escape) or bytes that are not UTF-8 (a Parquet string
+    column from a writer that does not validate): the row's error, counted as the data's."""
+    import pyarrow as pa
+
+    from pipeline.row_errors import kind_of
+    from pipeline.stages import texts_of
+
+    rows = ann.annotate(["Tim Cook \ud800 in Berlin.", "Tim Cook in Berlin."])
+    assert rows[0]["error"] == "text is not valid UTF-8: it holds a lone surrogate at character 9"
+    assert kind_of(rows[0]["error"]) == "input" and rows[1]["error"] is None
+    raw = [b"ok", b"bad \xed\xa0\x80", None]
+    offsets = pa.array([0, 2, 9, 9], pa.int32()).buffers()[1]
+    column = pa.chunked_array(
+        [pa.Array.from_buffers(pa.string(), 3, [None, offsets, pa.py_buffer(b"".join(raw[:2]))])]
+    )
+    texts = texts_of(column)
+    assert texts[0] == "ok" and texts[2] == "" and isinstance(texts[1], bytes)
+    (bad,) = ann.annotate([texts[1]])
+    assert bad["error"] == "text is not valid UTF-8 (7 bytes)" and bad["label"] is None

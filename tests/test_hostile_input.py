@@ -10,7 +10,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_rows_close, batch_config, deploy, read_output, tiny_config
+from conftest import assert_rows_close, batch_config, deploy, read_rows, tiny_config
 from hostile import INVALID_UTF8, fuzz_bodies, hostile_texts, invalid_utf8_column
 
 from pipeline import Annotator, PipelineConfig, batch
@@ -36,7 +36,10 @@ def test_a_hostile_corpus_runs_to_the_end_with_a_result_or_an_error_per_id(
     assert report["failed_rows"] == 0, report["top_errors"]
     assert report["input_errors"] == len(INVALID_UTF8)
 
-    rows = read_output(tmp_path / "out")
+    # the text column passes through as it came, invalid bytes included: read the rest
+    rows = read_rows(
+        pq.read_table(tmp_path / "out", columns=["id", "label", "label_score", "entities", "error"])
+    )
     assert [r["id"] for r in rows] == list(range(n)), "every id exactly once"
     for row, name, text in zip(rows, names, texts, strict=False):
         assert row["error"] is None, (name, row["error"])
@@ -91,7 +94,7 @@ def test_a_thousand_random_or_mutated_bodies_per_route_never_get_a_5xx(fuzzed_ap
     answers = asyncio.run(_send_all(url, fuzz_bodies(random.Random(5), 1000)))
     statuses = sorted({status for status, _, _ in answers})
     server_errors = [(status, route, body[:200]) for status, body, route in answers if status >= 500]
-    assert not server_errors, server_errors[:5]
+    assert not server_errors, sorted({(s, b[:70]) for s, _, b in server_errors})[:40]
     assert set(statuses) <= {200, 400, 404, 413, 422}, statuses
     assert 200 in statuses and 422 in statuses and 400 in statuses, (
         "the fuzz reached the model and the checks"
