@@ -149,9 +149,10 @@ def test_killed_inference_actor_loses_no_rows(ray_cluster, tiny_models, tmp_path
     import os
     import signal
 
+    import ray
     from ray.util.state import list_actors
 
-    ids = write_corpus(tmp_path / "in", n_files=4, rows_per_file=300)
+    ids = write_corpus(tmp_path / "in", n_files=4, rows_per_file=500)
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "cache")
     cfg["ray"]["docs_per_batch"] = 16
     result: dict = {}
@@ -159,11 +160,17 @@ def test_killed_inference_actor_loses_no_rows(ray_cluster, tiny_models, tmp_path
     job.start()
     killed = None
     deadline = time.time() + 120
+    ours = [("state", "=", "ALIVE"), ("job_id", "=", ray.get_runtime_context().get_job_id())]
     while killed is None and time.time() < deadline and job.is_alive():
-        for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+        for actor in list_actors(filters=ours):  # not an actor of an earlier test's job
             if "InferActor" in actor.class_name and actor.pid:
-                time.sleep(3)  # let it take some batches first
-                os.kill(actor.pid, signal.SIGKILL)
+                staged = tmp_path / "out" / "_staging" / "data"
+                while job.is_alive() and not list(staged.glob("*.parquet")):  # some batches done first
+                    time.sleep(0.05)
+                try:
+                    os.kill(actor.pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended meanwhile: look again
+                    break
                 killed = actor.pid
                 break
         time.sleep(0.5)
