@@ -56,8 +56,8 @@ def replicas() -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         cmd = _cmdline(int(entry.name))
-        if cmd.startswith("ray::ServeReplica:"):
-            found[int(entry.name)] = cmd.split()[0].rsplit(":", 1)[-1]
+        if cmd.startswith("ray::ServeReplica:"):  # ray::ServeReplica:<app>:<deployment>[.<method>]
+            found[int(entry.name)] = cmd.split()[0].rsplit(":", 1)[-1].split(".")[0]
         elif cmd.startswith("ray::ProxyActor"):
             found[int(entry.name)] = "proxy"
     return found

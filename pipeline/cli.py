@@ -67,7 +67,12 @@ def _show_rows(cfg: PipelineConfig, report: dict, n: int) -> None:
     if not files:
         return
     with fs.open_input_file(files[0]) as f:
-        rows = pq.read_table(f).slice(0, n).to_pylist()
+        table = pq.read_table(f).slice(0, n)
+    try:
+        rows = table.to_pylist()
+    except UnicodeDecodeError:  # an input column with bytes that are not UTF-8, passed through
+        print(f"\n(the first rows of {files[0]} hold text that is not UTF-8: not shown)")
+        return
     from pipeline.kinds import slots
 
     text_col, prefix = cfg.input.text_column, cfg.output.prefix  # type: ignore[union-attr]

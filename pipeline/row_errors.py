@@ -122,7 +122,8 @@ class ErrorCounts:
                     group = self.groups[key] = _Group(message, kind)
             group.count += 1
             if ids is not None and len(group.sample_ids) < SAMPLE_IDS:
-                group.sample_ids.append(ids[i])
+                sample = ids[i]  # as JSON holds it: the report is JSON, the id column any type
+                group.sample_ids.append(sample if isinstance(sample, (str, int, float)) else str(sample))
 
     @property
     def input_errors(self) -> int:
@@ -167,7 +168,7 @@ class ErrorBudgetExceeded(RuntimeError):
     """A night whose rows failed more often than its limit allows: not published."""
 
 
-def by_kind(errors: list[str | None]) -> dict[str, int]:
+def count_kinds(errors: list[str | None]) -> dict[str, int]:
     """{kind: rows} of one batch's errors (the online metrics)."""
     out: defaultdict[str, int] = defaultdict(int)
     for message in errors:

@@ -35,7 +35,7 @@ from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
 from pipeline.encode import Encoded
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
-from pipeline.row_errors import by_kind
+from pipeline.row_errors import count_kinds
 
 log = logging.getLogger(__name__)
 LIVE_S = 60.0  # /v1/models lists the revisions that answered within this many seconds
@@ -357,7 +357,7 @@ class Ingress:
         return response
 
     def _count_errors(self, endpoint: str, errors: list[str | None]) -> None:
-        for kind, n in by_kind(errors).items():
+        for kind, n in count_kinds(errors).items():
             self.item_errors[kind] += n
             self._item_errors.inc(n, tags={"endpoint": endpoint, "kind": kind})
 
