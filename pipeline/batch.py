@@ -413,9 +413,9 @@ def summary(report: dict[str, Any]) -> str:
     ]
     if report.get("errors"):
         lines.append(
-            f"  {report['errors']} rows with errors: {report['failed_rows']} failed "
-            f"({report['error_rate']:.2%}, limit {report['max_error_rate']:.2%}), "
-            f"{report['input_errors']} input problems; " + listed(report["top_errors"])
+            f"  rows with errors: {report['errors']} ({report['failed_rows']} failed = "
+            f"{report['error_rate']:.2%}, limit {report['max_error_rate']:.2%}; "
+            f"{report['input_errors']} input problems): " + listed(report["top_errors"])
         )
     if report.get("already_written"):
         lines.append(

@@ -226,7 +226,9 @@ def test_a_handful_of_bad_rows_under_the_limit_publishes_and_is_reported(ray_clu
         "sample_ids": poison["sample_ids"],
     }
     assert sorted(poison["sample_ids"]) == [10_000, 10_001]
-    assert "2 failed (0.66%, limit 1.00%)" in log and "2x 'decode failed: ValueError: a poisoned row'" in log
+    assert (
+        "(2 failed = 0.66%, limit 1.00%;" in log and "2x 'decode failed: ValueError: a poisoned row'" in log
+    )
     rows = read_output(out)
     assert sorted(r["id"] for r in rows) == sorted(ids + [10_000, 10_001])
     assert sum(r["error"] is None for r in rows) == len(rows) - report["errors"], "the others are labeled"
