@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -100,21 +101,22 @@ async def soak(url: str, clients: int, minutes: int, headers: dict[str, str]) ->
         for minute in range(minutes):
             await asyncio.sleep(max(0.0, start + 60 * (minute + 1) - time.perf_counter()))
             lat = sorted(latencies[minute])
+            memory = memory_mib()
             q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else lat * 99 or [0.0] * 99
-            row = {
+            row: dict[str, Any] = {
                 "minute": minute + 1,
                 "requests": len(lat) + failures[minute],
                 "failures": failures[minute],
                 "statuses": statuses[minute],
                 "p50_ms": round(q[49] * 1000, 1),
                 "p99_ms": round(q[98] * 1000, 1),
-                "memory_mib": memory_mib(),
+                "memory_mib": memory,
             }
             per_minute.append(row)
             print(
                 f"minute {row['minute']:2d}: {row['requests']:6d} requests, {row['failures']} failed, "
                 f"p50 {row['p50_ms']:6.1f} ms, p99 {row['p99_ms']:6.1f} ms, RSS MiB "
-                + ", ".join(f"{k} {v['rss']}" for k, v in row["memory_mib"].items()),
+                + ", ".join(f"{k} {v['rss']}" for k, v in memory.items()),
                 flush=True,
             )
 
