@@ -236,7 +236,7 @@ def _inference(title: str) -> bool:
     return "InferActor" in title
 
 
-# When a worker node is lost: (when the test kills, which node)
+# When a worker node is lost: the predicate finds the moment and returns the raylet to kill.
 MOMENTS = {
     "id_check": (lambda c, out: _raylet_running(c, _id_check)),  # run.json comes after the check
     "before_first_block": (
@@ -244,6 +244,15 @@ MOMENTS = {
     ),
     "mid_write": (lambda c, out: _staged(out) >= 1 and _raylet_running(c, _inference)),
     "publish": (lambda c, out: (out / "_staging" / "WRITTEN").exists() and _worker_raylet(c)),
+}
+# The night's shape per moment: (input files, rows each, output rows per file). The id check
+# reads every file's ids, so many small files give it time to be seen; many output files give
+# the publish (which reads and moves each) time to be seen. 12,000 documents each.
+SHAPES = {
+    "id_check": (64, 188, 750),
+    "before_first_block": (16, 750, 750),
+    "mid_write": (16, 750, 750),
+    "publish": (16, 750, 100),
 }
 
 
@@ -253,13 +262,23 @@ def test_a_lost_worker_node_costs_the_night_nothing(cpu_less_head_cluster, tiny_
     a cluster whose head has no CPUs: the night ends with every id once and is published. The
     lost node is replaced afterwards, for the next case."""
     cluster = cpu_less_head_cluster
-    path, out, ids = _night_config(tmp_path, tiny_models, 16, 750)
+    files, rows, per_file = SHAPES[moment]
+    path, out, ids = _night_config(tmp_path, tiny_models, files, rows)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["output"].update(min_rows_per_file=per_file, max_rows_per_file=2 * per_file)
+    path.write_text(yaml.safe_dump(cfg))
     run = _run_cli(path, cluster, tmp_path / "run.log")
     # the id check and the publish take a fraction of a second: look often
     every = 0.2 if moment in ("before_first_block", "mid_write") else 0.01
     victim = _wait(lambda: MOMENTS[moment](cluster, out), 300, moment, run, every)
+    if moment == "publish":  # hold the driver mid-publish until the node is known dead
+        os.kill(run.pid, signal.SIGSTOP)
     began, staged = (out / "_staging" / "run.json").exists(), _staged(out)
     os.kill(victim, signal.SIGKILL)
+    if moment == "publish":
+        time.sleep(3)  # health checks every second, two missed: the node is dead
+        assert not (out / "_SUCCESS").exists(), "killed before the night was published"
+        os.kill(run.pid, signal.SIGCONT)
     if moment == "id_check":
         assert not began, "killed during the id check"
     elif moment == "before_first_block":
