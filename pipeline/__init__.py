@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.kinds import KINDS as KINDS  # registers the model kinds with the config
 
 __version__ = "0.1.0"
 __all__ = ["Annotator", "ConfigError", "PipelineConfig", "__version__"]

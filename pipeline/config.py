@@ -11,12 +11,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, RootModel, ValidationError, model_validator
 
-Aggregation = Literal["none", "simple", "first", "average", "max"]
 DType = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 
 
@@ -54,6 +53,11 @@ class S3Options(_Strict):
 
 
 class ModelSpec(_Strict):
+    """What every model entry has; each kind's spec (in its module under `pipeline.kinds`)
+    adds its own keys and fixes `kind`."""
+
+    auto_class: ClassVar[str] = "AutoModel"  # the transformers class that loads its weights
+    kind: str = Field(description="the model kind (pipeline.kinds.KINDS)")
     source: str = Field(min_length=1, description="local dir, s3://bucket/prefix/ or a hub id")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     max_length: int = Field(512, ge=4, le=8192, description="tokens per window, special tokens included")
@@ -70,35 +74,19 @@ class ModelSpec(_Strict):
         return self
 
 
-class ClassifierSpec(ModelSpec):
-    kind: Literal["classification"] = "classification"
-    long_text: Literal["truncate", "mean"] = Field(
-        "truncate", description="truncate: first window (HF behaviour); mean: mean of window logits"
-    )
-    stride: int = Field(0, ge=0, description="window overlap, used when long_text is mean")
-    top_k: int | None = Field(None, ge=1, description="also return the top k labels with scores")
-    function_to_apply: Literal["default", "softmax", "sigmoid", "none"] = "default"
-
-
-class NerSpec(ModelSpec):
-    kind: Literal["ner"] = "ner"
-    aggregation: Aggregation = "simple"
-    ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
-
-
-# One spec per model kind (pipeline.kinds holds each kind's behaviour, keyed the same way).
-SPECS: dict[str, type[ModelSpec]] = {"classification": ClassifierSpec, "ner": NerSpec}
-AnySpec = Annotated[ClassifierSpec | NerSpec, Field(discriminator="kind")]
-# The two names every config had before models were named; they need no `kind`.
-DEFAULT_KINDS = {"classifier": "classification", "ner": "ner"}
+# The registered kinds' specs and the model names that imply a kind, filled by
+# `pipeline.kinds.register` (the package imports the built-in kinds before any config is read).
+SPECS: dict[str, type[ModelSpec]] = {}
+DEFAULT_KINDS: dict[str, str] = {}
 MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
-class ModelsConfig(RootModel[dict[str, AnySpec]]):
-    """Named models, each with a `kind`; `classifier` and `ner` default to their kinds.
+class ModelsConfig(RootModel[dict[str, ModelSpec]]):
+    """Named models, each with a `kind`; a kind's default name (`classifier`, `ner`, ...)
+    implies it.
 
-    Iteration order is `classifier`, `ner`, then the others as written: the output columns
-    keep one order whatever order the YAML lists them in.
+    Iteration order is the default names in registration order, then the others as written:
+    the output columns keep one order whatever order the YAML lists them in.
     """
 
     @model_validator(mode="before")
@@ -132,10 +120,10 @@ class ModelsConfig(RootModel[dict[str, AnySpec]]):
     def items(self):
         return self.root.items()
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):  # type: ignore[override]  # a mapping's names, not pydantic's fields
         return iter(self.root)
 
-    def __getitem__(self, name: str) -> ClassifierSpec | NerSpec:
+    def __getitem__(self, name: str) -> ModelSpec:
         return self.root[name]
 
     def __contains__(self, name: object) -> bool:
@@ -144,16 +132,30 @@ class ModelsConfig(RootModel[dict[str, AnySpec]]):
     def __len__(self) -> int:
         return len(self.root)
 
-    def get(self, name: str) -> ClassifierSpec | NerSpec | None:
+    def get(self, name: str) -> ModelSpec | None:
         return self.root.get(name)
 
     @property
-    def classifier(self) -> ClassifierSpec | None:
-        return self.root.get("classifier")  # type: ignore[return-value]
+    def classifier(self) -> Any:
+        return self.root.get("classifier")
 
     @property
-    def ner(self) -> NerSpec | None:
-        return self.root.get("ner")  # type: ignore[return-value]
+    def ner(self) -> Any:
+        return self.root.get("ner")
+
+
+def register_spec(kind: str, spec: type[ModelSpec], default_name: str) -> None:
+    """Make a kind's spec part of every config: `kind: <kind>` (or the model name
+    `default_name`) validates against it, with its keys named in errors."""
+    SPECS[kind] = spec
+    DEFAULT_KINDS[default_name] = kind
+    specs = tuple(SPECS.values())
+    union: Any = specs[0] if len(specs) == 1 else Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007 - a runtime tuple of types
+    # pydantic builds a model's validator from its field annotations: set the union, rebuild
+    # the models that hold it
+    ModelsConfig.model_fields["root"].annotation = dict[str, union]
+    ModelsConfig.model_rebuild(force=True)
+    PipelineConfig.model_rebuild(force=True)
 
 
 class RuntimeConfig(_Strict):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from filelock import FileLock
 
 from pipeline import heap
-from pipeline.config import HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
+from pipeline.config import DEFAULT_KINDS, HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
 from pipeline.model_facts import ModelFacts, saved_facts, weight_shapes
 from pipeline.storage import StorageError, is_s3, is_transient, s3_filesystem, strip_scheme
 
@@ -59,15 +59,13 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
-        return self.spec.kind  # type: ignore[attr-defined]
+        return self.spec.kind
 
     @property
     def cache_name(self) -> str:
         """Names the model's kind in cache paths (int8 builds, verdicts): `classifier` or `ner`,
         whatever the model is called, so one build serves every config that uses it."""
-        from pipeline.kinds import kind_of
-
-        return kind_of(self.spec).default_name
+        return next(name for name, kind in DEFAULT_KINDS.items() if kind == self.spec.kind)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -452,12 +450,10 @@ def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_d
 
 def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None):
     import torch
+    import transformers
 
-    from pipeline.kinds import kind_of
-
-    kind = kind_of(spec)
     try:
-        auto = kind.auto_class()
+        auto = getattr(transformers, spec.auto_class)
         model = auto.from_pretrained(
             str(path),
             trust_remote_code=False,
@@ -467,7 +463,7 @@ def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torc
         )
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(
-            f"cannot load {kind.name} model from {spec.source}: {type(exc).__name__}: {exc}"
+            f"cannot load {spec.kind} model from {spec.source}: {type(exc).__name__}: {exc}"
         ) from None
     return model.to(device).eval()
 

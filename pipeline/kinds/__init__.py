@@ -1,34 +1,63 @@
 """The model kinds, registered in one place, and where each configured model's results go.
 
 Encode, infer, decode, the Ray Data stages, Serve, lineage and the run report loop over the
-configured models and ask their kind; none of them names a kind. A new kind is one module
-beside these (a `Kind`), one line in `KINDS` and its spec in `pipeline.config.SPECS`.
+configured models and ask their kind; none of them names a kind. A kind is one module with a
+`Kind` (its spec, forward output, roles, decode, display, agreement and online fields),
+registered here with `register`: the built-in ones below, and those that installed packages
+declare under the entry-point group `bert_pipeline.kinds` (a `Kind` class or instance), so
+every process of a cluster, workers and replicas included, knows the same kinds.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import pyarrow as pa
 
-from pipeline.config import DEFAULT_KINDS, ConfigError, ModelsConfig, ModelSpec
+from pipeline.config import DEFAULT_KINDS, ConfigError, ModelsConfig, ModelSpec, register_spec
 from pipeline.kinds.base import Kind
 from pipeline.kinds.classification import Classification
 from pipeline.kinds.ner import Ner
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Classification(), Ner())}
+log = logging.getLogger(__name__)
+ENTRY_POINTS = "bert_pipeline.kinds"
+KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    """Add a kind: configs may then name it (`kind: <name>`, or its default model name), and
+    every stage, Serve route and gate serves it."""
+    KINDS[kind.name] = kind
+    register_spec(kind.name, kind.spec, kind.default_name)
+    return kind
+
+
+def _plugins() -> None:
+    for entry in entry_points(group=ENTRY_POINTS):
+        try:
+            found = entry.load()
+            register(found() if isinstance(found, type) else found)
+        except Exception:  # noqa: BLE001 - one broken plug-in must not stop the others
+            log.exception("could not load the model kind %s (entry point %s)", entry.name, entry.value)
+
+
+for _builtin in (Classification(), Ner()):
+    register(_builtin)
+_plugins()
 
 
 def kind_of(spec: ModelSpec) -> Kind:
-    return KINDS[spec.kind]  # type: ignore[attr-defined]
+    return KINDS[spec.kind]
 
 
 @dataclass(frozen=True)
 class Slot:
     """One model's place in every output row: its columns by role (without output.prefix).
 
-    `classifier` and `ner` always have a slot, configured or not, so their columns (label,
-    label_score, entities) stay in every output as they always were; null when absent.
+    Every kind's default name has a slot, configured or not, so an output's columns do not
+    depend on which of those models a night ran (label, label_score, entities: null when absent).
     """
 
     name: str
@@ -45,7 +74,7 @@ def slots(models: ModelsConfig) -> list[Slot]:
     out = []
     for name, kind_name in DEFAULT_KINDS.items():
         spec = models.get(name)
-        if spec is None or spec.kind == kind_name:  # type: ignore[attr-defined]
+        if spec is None or spec.kind == kind_name:
             kind = KINDS[kind_name]
             out.append(Slot(name, kind, spec, kind.default_columns()))
     taken = {s.name for s in out}

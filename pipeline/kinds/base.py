@@ -72,13 +72,10 @@ class Kind(ABC):
     """A model kind; one instance per kind, registered in `pipeline.kinds.KINDS`."""
 
     name: str  # the `kind:` value in a config
+    spec: type[ModelSpec]  # its config entry (a pipeline.config.ModelSpec with `kind` fixed)
     default_name: str  # the model name that needs no `kind:` and keeps the short column names
     needs_offsets: bool  # the decoder reads character offsets of the model's token stream
     gate: tuple[str, float]  # int8 quality gate: agreement metric (pipeline.agreement) and floor
-
-    @abstractmethod
-    def auto_class(self) -> Any:
-        """The transformers Auto class that loads this kind's weights."""
 
     @abstractmethod
     def first_window_only(self, spec: ModelSpec) -> bool:

@@ -10,17 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
+from pipeline.arrow_lists import flat_list, to_list_array
+from pipeline.config import ModelSpec
 from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, sigmoid, softmax
 
 if TYPE_CHECKING:
-    from pipeline.config import ClassifierSpec, ModelSpec
     from pipeline.encode import Framing, Tokens
     from pipeline.model_facts import ModelFacts
+
+
+class ClassifierSpec(ModelSpec):
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    kind: Literal["classification"] = "classification"
+    long_text: Literal["truncate", "mean"] = Field(
+        "truncate", description="truncate: first window (HF behaviour); mean: mean of window logits"
+    )
+    stride: int = Field(0, ge=0, description="window overlap, used when long_text is mean")
+    top_k: int | None = Field(None, ge=1, description="also return the top k labels with scores")
+    function_to_apply: Literal["default", "softmax", "sigmoid", "none"] = "default"
+
 
 TOP_LABEL = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
@@ -105,23 +119,20 @@ class ClassDecoder(KindDecoder):
 class Classification(Kind):
     name = "classification"
     default_name = "classifier"
+    spec = ClassifierSpec
     needs_offsets = False
     gate = ("label_agreement", 0.99)
 
-    def auto_class(self) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
-
     def first_window_only(self, spec: ModelSpec) -> bool:
-        return spec.long_text == "truncate"  # type: ignore[attr-defined]
+        assert isinstance(spec, ClassifierSpec)
+        return spec.long_text == "truncate"
 
     def reduce(self, logits: list[np.ndarray], spans: np.ndarray, framing: Framing) -> np.ndarray:
         return logits[0] if len(logits) == 1 else np.mean(np.stack(logits), axis=0)
 
     def roles(self, spec: ModelSpec | None) -> list[tuple[str, pa.DataType]]:
         roles = [("label", pa.string()), ("score", pa.float32())]
-        if spec is not None and spec.top_k:  # type: ignore[attr-defined]
+        if isinstance(spec, ClassifierSpec) and spec.top_k:
             roles.append(("labels", pa.list_(TOP_LABEL)))
         return roles
 
@@ -132,15 +143,11 @@ class Classification(Kind):
         return ClassDecoder(lm)
 
     def to_columns(self, key: str, results: list[Any | None]) -> dict[str, pa.Array]:
-        from pipeline.columns import to_list_array
-
         return {f"{key}logits": to_list_array(results, pa.float32())}
 
     def from_columns(
         self, key: str, table: pa.Table, stream: tuple[str, str | None], n_labels: int
     ) -> ClassBatch:
-        from pipeline.columns import flat_list
-
         n = table.num_rows
         values, offs, valid = flat_list(table.column(f"{key}logits"))
         logits = None

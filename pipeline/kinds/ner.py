@@ -16,16 +16,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
+from pipeline.arrow_lists import flat_list, to_list_array
+from pipeline.config import ModelSpec
 from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, softmax
 
 if TYPE_CHECKING:
-    from pipeline.config import ModelSpec, NerSpec
     from pipeline.encode import Framing, Tokens
+
+Aggregation = Literal["none", "simple", "first", "average", "max"]
+
+
+class NerSpec(ModelSpec):
+    auto_class: ClassVar[str] = "AutoModelForTokenClassification"
+    kind: Literal["ner"] = "ner"
+    aggregation: Aggregation = "simple"
+    ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
+
 
 ENTITY = pa.struct(
     [
@@ -362,13 +374,9 @@ class NerDecoded(KindDecoded):
 class Ner(Kind):
     name = "ner"
     default_name = "ner"
+    spec = NerSpec
     needs_offsets = True
     gate = ("entity_f1", 0.98)
-
-    def auto_class(self) -> Any:
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification
 
     def first_window_only(self, spec: ModelSpec) -> bool:
         return False
@@ -391,8 +399,6 @@ class Ner(Kind):
         return NerDecoder(lm)
 
     def to_columns(self, key: str, results: list[Any | None]) -> dict[str, pa.Array]:
-        from pipeline.columns import to_list_array
-
         return {
             f"{key}spans": to_list_array(
                 [r[0].reshape(-1) if r is not None else None for r in results], pa.int64()
@@ -405,8 +411,6 @@ class Ner(Kind):
     def from_columns(
         self, key: str, table: pa.Table, stream: tuple[str, str | None], n_labels: int
     ) -> FlatNer:
-        from pipeline.columns import flat_list
-
         ids_col, offsets_col = stream
         assert offsets_col is not None, "NER decoding needs the token stream's offsets"
         spans, span_offs, valid = flat_list(table.column(f"{key}spans"))
