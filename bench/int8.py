@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pipeline import Annotator, PipelineConfig
-    from pipeline.agreement import agreement
+    from pipeline.kinds import agreement
 
     names = (argv if argv is not None else sys.argv[1:]) or ["torch_dynamic", "ort", "ort_keep_ffn_out"]
     threads = 2

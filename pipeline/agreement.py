@@ -1,5 +1,5 @@
-"""How close two runs' annotations are: the measures behind the int8 quality gate and the
-demo models' held-out scores."""
+"""How close two runs' annotations are: the measures the kinds' agreement (the int8 quality
+gate) and the demo models' held-out scores are made of."""
 
 from __future__ import annotations
 
@@ -25,21 +25,3 @@ def label_agreement(rows: list[dict[str, Any]], ref: list[dict[str, Any]], key: 
     row that only `rows` failed counts as a disagreement)."""
     pairs = [(a[key], b[key]) for a, b in zip(rows, ref, strict=True) if b.get(key) is not None]
     return round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else 1.0
-
-
-def agreement(rows: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, float]:
-    """Label agreement, the largest score change and exact-span entity F1 against `ref`."""
-    out: dict[str, float] = {}
-    if any("label" in r for r in ref):
-        out["label_agreement"] = label_agreement(rows, ref)
-        deltas = [
-            abs(a["label_score"] - b["label_score"])
-            for a, b in zip(rows, ref, strict=True)
-            if a.get("label") is not None and a["label"] == b.get("label")
-        ]
-        out["max_score_delta"] = round(max(deltas, default=0.0), 4)
-    if any("entities" in r for r in ref):
-        gold, pred = spans(ref), spans(rows)
-        # no entity in either run is full agreement, not an F1 of 0
-        out["entity_f1"] = entity_f1(gold, pred)["f1"] if any(gold) or any(pred) else 1.0
-    return out

@@ -88,16 +88,8 @@ def _show_rows(cfg: PipelineConfig, report: dict, n: int) -> None:
 
 
 def _shown(slot, row: dict, prefix: str) -> str:
-    """One model's answer for a row, short: `label=world (0.93)` or `entities=[Paris/LOC, ...]`."""
-    cols = {role: f"{prefix}{col}" for role, col in slot.columns.items()}
-    if "entities" in cols:
-        ents = row.get(cols["entities"]) or []
-        listed = ", ".join(f"{e['text']}/{e['label']}" for e in ents[:6]) + (" ..." if len(ents) > 6 else "")
-        return f"{slot.columns['entities']}=[{listed}]"
-    score = row.get(cols["score"])
-    return f"{slot.columns['label']}={row.get(cols['label'])}" + (
-        f" ({score:.2f})" if score is not None else ""
-    )
+    """One model's answer for a row, short: `label=world (0.93)`, `entities=[Paris/LOC, ...]`."""
+    return slot.kind.show(row, {role: f"{prefix}{col}" for role, col in slot.columns.items()})
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ class ModelSpec(_Strict):
     adds its own keys and fixes `kind`."""
 
     auto_class: ClassVar[str] = "AutoModel"  # the transformers class that loads its weights
+    output_name: ClassVar[str] = "logits"  # the model output its kind reads (and int8 exports)
     kind: str = Field(description="the model kind (pipeline.kinds.KINDS)")
     source: str = Field(min_length=1, description="local dir, s3://bucket/prefix/ or a hub id")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")

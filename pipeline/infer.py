@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -147,10 +148,17 @@ class ModelRunner:
         pad_multiple: int | None,
         max_length: int,
         max_batch_tokens: int = 65_536,
+        output: Callable[[Any, Any], Any] | None = None,
+        per_token: bool = False,
     ) -> None:
         import torch
 
         self.model = model
+        # What a forward returns, from the model's output and the attention mask: the kind's
+        # tensor, reduced where the model runs (embeddings are pooled there, so only [B, dim]
+        # leaves a GPU); [B, L, C] per token, or [B, C] per sequence.
+        self.output = output or (lambda out, mask: out.logits)
+        self.per_token = per_token
         self.batch_size = batch_size
         # Lowered below a batch that ran out of memory, so the next ones do not repeat it.
         self.max_batch_tokens = max_batch_tokens
@@ -307,11 +315,11 @@ class ModelRunner:
         mask = (np.arange(width)[None, :] < lens[:, None]).astype(np.int64)
         t0, c0 = time.perf_counter(), self.cpu_clock()
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=torch.from_numpy(ids).to(self.device, non_blocking=True),
-                attention_mask=torch.from_numpy(mask).to(self.device, non_blocking=True),
-            ).logits
-            out = logits.float().cpu().numpy()
+            attention = torch.from_numpy(mask).to(self.device, non_blocking=True)
+            raw = self.model(
+                input_ids=torch.from_numpy(ids).to(self.device, non_blocking=True), attention_mask=attention
+            )
+            out = self.output(raw, attention).float().cpu().numpy()
         seconds = time.perf_counter() - t0
         self.cost.add(ids.size, seconds)
         self.stats.forward_s += seconds
@@ -320,7 +328,7 @@ class ModelRunner:
         self.stats.batches += 1
         self.stats.real_tokens += int(lens.sum())
         self.stats.padded_tokens += ids.size
-        if out.ndim == 2:  # sequence classification: [B, C]
+        if not self.per_token:
             return list(out)
         return [out[row, : lens[row]] for row in range(len(batch))]
 
@@ -389,6 +397,8 @@ class InferenceEngine:
                 pad_multiple=runtime.pad_multiple,
                 max_length=lm.spec.max_length,
                 max_batch_tokens=runtime.max_batch_tokens,
+                output=self.kinds[name].output(lm),
+                per_token=self.kinds[name].per_token,
             )
         parallel = runtime.parallel_models and len(models) > 1
         self.threads = ModelThreads(list(models), self.runners) if parallel else None

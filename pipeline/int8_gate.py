@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline.agreement import agreement
 from pipeline.annotator import Annotator
 from pipeline.config import PipelineConfig
 from pipeline.inputs import InputError, discover
@@ -75,10 +74,7 @@ def measure(cfg: PipelineConfig, texts: list[str], repeats: int = 2) -> dict[str
         metric, floor = slot.kind.gate  # each kind's own agreement measure and floor
         per_dtype = {}
         for dtype, (rows, seconds, _) in runs.items():
-            view = slot.kind.agreement_view
-            scores = agreement(
-                [view(r, slot.columns) for r in rows], [view(r, slot.columns) for r in ref_rows]
-            )
+            scores = slot.kind.agreement(rows, ref_rows, slot.columns)
             per_dtype[dtype] = {"forward_s": round(seconds[task], 3), metric: scores[metric]}
             per_dtype[dtype]["speed_vs_fp32"] = round(runs["fp32"][1][task] / seconds[task], 2)
         speedup = runs[baseline][1][task] / runs["int8"][1][task]

@@ -359,7 +359,11 @@ def load_model(
 
         # fp32 weights are read only when this revision has no cached int8 build yet
         loaded.model = int8_model(
-            lambda: _load_weights(spec, path, device, None), loaded.cache_name, revision, cache_dir
+            lambda: _load_weights(spec, path, device, None),
+            loaded.cache_name,
+            revision,
+            cache_dir,
+            output=spec.output_name,
         )
         loaded.dtype = "int8"
     else:

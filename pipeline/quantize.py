@@ -59,7 +59,9 @@ def cache_entry(task: str, revision: str, cache_dir: Path) -> Path:
     return cache_dir / "int8" / f"{task}-{key}"
 
 
-def int8_path(load_fp32: Callable[[], Any], task: str, revision: str, cache_dir: Path) -> Path:
+def int8_path(
+    load_fp32: Callable[[], Any], task: str, revision: str, cache_dir: Path, output: str = "logits"
+) -> Path:
     """The quantized ONNX file for this revision; exported (from `load_fp32()`) and quantized
     now if not cached."""
     if not available():
@@ -76,7 +78,7 @@ def int8_path(load_fp32: Callable[[], Any], task: str, revision: str, cache_dir:
         tmp = entry.parent / f"{entry.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        export_fp32(load_fp32(), tmp / "fp32.onnx")
+        export_fp32(load_fp32(), tmp / "fp32.onnx", output)
         quantize_int8(tmp / "fp32.onnx", tmp / "model.onnx")
         (tmp / "fp32.onnx").unlink()
         (tmp / "build.json").write_text(
@@ -94,7 +96,7 @@ def int8_path(load_fp32: Callable[[], Any], task: str, revision: str, cache_dir:
     return target
 
 
-def export_fp32(model: Any, path: Path) -> None:
+def export_fp32(model: Any, path: Path, output: str = "logits") -> None:
     import warnings
 
     import torch
@@ -109,8 +111,8 @@ def export_fp32(model: Any, path: Path) -> None:
             (ids, torch.ones_like(ids)),
             str(path),
             input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+            output_names=[output],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes},
             dynamo=False,
             opset_version=17,
         )
@@ -141,12 +143,12 @@ def quantize_int8(src: Path, dst: Path, keep_fp32: tuple[str, ...] = ("/output/d
 
 
 class OrtModel:
-    """An ONNX Runtime session behind the `model(input_ids=, attention_mask=).logits` call
+    """An ONNX Runtime session behind the `model(input_ids=, attention_mask=).<output>` call
     ModelRunner makes, so batching, budgets and decoding stay the same code for every dtype."""
 
     dtype = "int8"
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, output: str = "logits") -> None:
         import onnxruntime as ort
         import torch
 
@@ -156,19 +158,25 @@ class OrtModel:
         self.path = path
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")
+        self.output = output
         self._torch = torch
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> SimpleNamespace:
         feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-        logits = self.session.run(["logits"], feed)[0]
-        return SimpleNamespace(logits=self._torch.from_numpy(logits))
+        (value,) = self.session.run([self.output], feed)
+        return SimpleNamespace(**{self.output: self._torch.from_numpy(value)})
 
 
 def int8_model(
-    load_fp32: Callable[[], Any], task: str, revision: str, cache_dir: Path, threads: int | None = None
+    load_fp32: Callable[[], Any],
+    task: str,
+    revision: str,
+    cache_dir: Path,
+    threads: int | None = None,
+    output: str = "logits",
 ) -> OrtModel:
     """The model's int8 twin, read from the cache (built from `load_fp32()` the first time)."""
-    return OrtModel(int8_path(load_fp32, task, revision, cache_dir), threads)
+    return OrtModel(int8_path(load_fp32, task, revision, cache_dir, output), threads, output)
 
 
 def _verdict_file(task: str, revision: str, cache_dir: Path, cpu: str) -> Path:

@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 
 from pipeline import Annotator, PipelineConfig
-from pipeline.agreement import agreement
+from pipeline.kinds import agreement
 
 
 def generated_texts(n: int, seed: int = 1) -> list[str]:

@@ -18,7 +18,7 @@ from conftest import batch_config, read_output, tiny_config, write_corpus
 from test_dtype import generated_texts
 
 from pipeline import Annotator, PipelineConfig, batch, cli, models, quantize
-from pipeline.agreement import agreement
+from pipeline.kinds import agreement
 from pipeline.models import ModelLoadError, cpu_name, load_models
 
 

@@ -80,7 +80,9 @@ def test_cuda_request_without_cuda_falls_back_with_warning(tiny_models):
 
 def _resolve_in_child(args):
     source, endpoint, cache = args
-    path, rev = resolve_source(ModelSpec(kind="ner", source=source), S3Options(endpoint_url=endpoint), Path(cache))
+    path, rev = resolve_source(
+        ModelSpec(kind="ner", source=source), S3Options(endpoint_url=endpoint), Path(cache)
+    )
     return str(path), rev
 
 
@@ -132,7 +134,9 @@ def test_s3_source_is_fetched_once_and_cached(tiny_models, s3_server, s3_client,
 def test_s3_source_without_model_is_a_clear_error(s3_server, s3_client, tmp_path):
     s3_client.create_bucket(Bucket="empty")
     with pytest.raises(ModelLoadError, match="config.json"):
-        resolve_source(ModelSpec(kind="ner", source="s3://empty/nothing/"), S3Options(endpoint_url=s3_server), tmp_path)
+        resolve_source(
+            ModelSpec(kind="ner", source="s3://empty/nothing/"), S3Options(endpoint_url=s3_server), tmp_path
+        )
 
 
 def test_local_revision_follows_content_not_copies_or_mtimes(tiny_models, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 import pyarrow as pa
 
@@ -98,3 +99,14 @@ def output_fields(models: ModelsConfig, prefix: str = "") -> list[pa.Field]:
     """The columns every output file gets after the input columns: each slot's, then error."""
     fields = [f for slot in slots(models) for f in slot.fields(prefix)]
     return fields + [pa.field(f"{prefix}error", pa.string())]
+
+
+def agreement(rows: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, float]:
+    """Every measure of every kind whose default columns `ref` holds (rows keyed by those
+    names, as `Annotator` gives them for the default models)."""
+    out: dict[str, float] = {}
+    for kind in KINDS.values():
+        columns = kind.default_columns()
+        if any(column in r for r in ref for column in columns.values()):
+            out.update(kind.agreement(rows, ref, columns))
+    return out

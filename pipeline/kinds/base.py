@@ -76,6 +76,13 @@ class Kind(ABC):
     default_name: str  # the model name that needs no `kind:` and keeps the short column names
     needs_offsets: bool  # the decoder reads character offsets of the model's token stream
     gate: tuple[str, float]  # int8 quality gate: agreement metric (pipeline.agreement) and floor
+    per_token: bool  # the forward gives a row per token ([B, L, C]), else one per sequence ([B, D])
+
+    def output(self, lm: Any) -> Any:
+        """What a forward returns, as `(model output, attention mask) -> tensor`, run where
+        the model runs: the spec's output (`logits` for the heads) unless the kind reduces it."""
+        name = lm.spec.output_name
+        return lambda out, mask: getattr(out, name)
 
     @abstractmethod
     def first_window_only(self, spec: ModelSpec) -> bool:
@@ -113,6 +120,14 @@ class Kind(ABC):
     ) -> KindBatch:
         """Per-document results (the in-process and online path) -> a batch."""
 
+    # -- quality and display ---------------------------------------------------------------
     @abstractmethod
-    def agreement_view(self, row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-        """This model's fields of a result row under the default names (what agreement reads)."""
+    def agreement(
+        self, rows: list[dict[str, Any]], ref: list[dict[str, Any]], columns: dict[str, str]
+    ) -> dict[str, float]:
+        """How close this model's results in `rows` are to `ref` (same texts): the measures by
+        name, `gate[0]` among them (the int8 gate, the dtype tests and the benchmarks read them)."""
+
+    @abstractmethod
+    def show(self, row: dict[str, Any], columns: dict[str, str]) -> str:
+        """This model's answer in a row, short, for a person (`pipeline run --show`)."""

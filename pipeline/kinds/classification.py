@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from pipeline.agreement import label_agreement
 from pipeline.arrow_lists import flat_list, to_list_array
 from pipeline.config import ModelSpec
 from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, sigmoid, softmax
@@ -120,6 +121,7 @@ class Classification(Kind):
     name = "classification"
     default_name = "classifier"
     spec = ClassifierSpec
+    per_token = False
     needs_offsets = False
     gate = ("label_agreement", 0.99)
 
@@ -165,5 +167,23 @@ class Classification(Kind):
             logits = np.stack([r if r is not None else np.zeros(n_labels, np.float32) for r in results])
         return ClassBatch(logits, valid)
 
-    def agreement_view(self, row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-        return {"label": row.get(columns["label"]), "label_score": row.get(columns["score"])}
+    def agreement(
+        self, rows: list[dict[str, Any]], ref: list[dict[str, Any]], columns: dict[str, str]
+    ) -> dict[str, float]:
+        """Label agreement, and the largest score change where the labels agree."""
+        label, score = columns["label"], columns["score"]
+        deltas = [
+            abs(a[score] - b[score])
+            for a, b in zip(rows, ref, strict=True)
+            if a.get(label) is not None and a[label] == b.get(label)
+        ]
+        return {
+            "label_agreement": label_agreement(rows, ref, label),
+            "max_score_delta": round(max(deltas, default=0.0), 4),
+        }
+
+    def show(self, row: dict[str, Any], columns: dict[str, str]) -> str:
+        score = row.get(columns["score"])
+        return f"{columns['label']}={row.get(columns['label'])}" + (
+            f" ({score:.2f})" if score is not None else ""
+        )

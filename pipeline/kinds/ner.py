@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from pipeline.agreement import entity_f1, spans
 from pipeline.arrow_lists import flat_list, to_list_array
 from pipeline.config import ModelSpec
 from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, softmax
@@ -375,6 +376,7 @@ class Ner(Kind):
     name = "ner"
     default_name = "ner"
     spec = NerSpec
+    per_token = True
     needs_offsets = True
     gate = ("entity_f1", 0.98)
 
@@ -430,5 +432,14 @@ class Ner(Kind):
     def from_results(self, results: list[Any | None], streams: list[Tokens | None], n_labels: int) -> FlatNer:
         return FlatNer.from_results(results, streams, n_labels)
 
-    def agreement_view(self, row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-        return {"entities": row.get(columns["entities"])}
+    def agreement(
+        self, rows: list[dict[str, Any]], ref: list[dict[str, Any]], columns: dict[str, str]
+    ) -> dict[str, float]:
+        """Exact-span entity F1 (no entity in either run is full agreement, not an F1 of 0)."""
+        gold, pred = spans(ref, columns["entities"]), spans(rows, columns["entities"])
+        return {"entity_f1": entity_f1(gold, pred)["f1"] if any(gold) or any(pred) else 1.0}
+
+    def show(self, row: dict[str, Any], columns: dict[str, str]) -> str:
+        ents = row.get(columns["entities"]) or []
+        listed = ", ".join(f"{e['text']}/{e['label']}" for e in ents[:6]) + (" ..." if len(ents) > 6 else "")
+        return f"{columns['entities']}=[{listed}]"
