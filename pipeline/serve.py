@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -35,11 +35,11 @@ from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
 from pipeline.encode import Encoded
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
+from pipeline.kinds import KINDS
 from pipeline.row_errors import count_kinds
 
 log = logging.getLogger(__name__)
 LIVE_S = 60.0  # /v1/models lists the revisions that answered within this many seconds
-ENDPOINT_KINDS = {"annotate": None, "classify": "classification", "ner": "ner"}  # None: every kind
 
 
 # -- request / response schema (also what /docs shows) --------------------------------------
@@ -57,38 +57,27 @@ class AnnotateRequest(BaseModel):
     )
 
 
-class Entity(BaseModel):
-    label: str
-    text: str = Field(description="exactly input[start:end]")
-    start: int
-    end: int
-    score: float
+def endpoints() -> dict[str, str]:
+    """{route under /v1/: kind} of the registered kinds (`/v1/annotate` runs them all)."""
+    return {kind.endpoint: kind.name for kind in KINDS.values()}
 
 
-class TopLabel(BaseModel):
-    label: str
-    score: float
+def result_model() -> type[BaseModel]:
+    """One text's result, the same fields and values as one row of the batch output: every
+    registered kind's fields under its default names (other model names add theirs, named as
+    their output columns: `{name}_label`, `{name}_entities`, ...), then `error`."""
+    fields: dict[str, Any] = {}
+    for kind in KINDS.values():
+        fields.update(kind.online_fields())
+    fields["error"] = (str | None, None)
+    return create_model("Result", __config__=ConfigDict(extra="allow"), **fields)
 
 
-class Result(BaseModel):
-    """One text's result: the same fields and values as one row of the batch output.
-
-    Models other than `classifier` and `ner` add their own fields, named as their output
-    columns: `{name}_label`, `{name}_score`, `{name}_labels` (classification) and
-    `{name}_entities` (NER).
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    label: str | None
-    label_score: float | None
-    labels: list[TopLabel] | None = Field(None, description="only when models.classifier.top_k is set")
-    entities: list[Entity] | None
-    error: str | None
+Result = result_model()
 
 
 class AnnotateResponse(BaseModel):
-    results: list[Result]
+    results: list[Result]  # type: ignore[valid-type]  # built from the registered kinds
     model: dict[str, Any] = Field(
         description="per model that ran: kind, source, the revision that answered, its labels"
     )
@@ -103,7 +92,32 @@ api = FastAPI(
     version=__version__,
     description="BERT topic classification and NER; same models and answers as the nightly batch job.",
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's schema with `/v1/{endpoint}` spelled out as each registered kind's route."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
+        generic = spec["paths"].pop("/v1/{endpoint}", None)
+        for endpoint, kind in endpoints().items():
+            if generic is not None:
+                operation = json.loads(json.dumps(generic["post"]))
+                operation["parameters"] = [
+                    p for p in operation.get("parameters", []) if p["name"] != "endpoint"
+                ]
+                operation["summary"] = f"{kind} models only"
+                operation["operationId"] = f"{endpoint}_v1"
+                spec["paths"][f"/v1/{endpoint}"] = {"post": operation}
+        api.openapi_schema = spec
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
 _BODY = {
     "requestBody": {
         "required": True,
@@ -283,16 +297,6 @@ class Ingress:
         """Every configured model's results for each text (or the models the request names)."""
         return await self._serve(request, "annotate")
 
-    @api.post("/v1/classify", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
-    async def classify(self, request: Request):
-        """Classification models only (entities are null)."""
-        return await self._serve(request, "classify")
-
-    @api.post("/v1/ner", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
-    async def ner(self, request: Request):
-        """NER models only (labels are null)."""
-        return await self._serve(request, "ner")
-
     @api.get("/healthz")
     async def healthz(self):
         try:
@@ -328,6 +332,15 @@ class Ingress:
             **stats,
             "ingress": {"skew_answers": self.skew_answers, "item_errors": dict(self.item_errors)},
         }
+
+    @api.post("/v1/{endpoint}", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
+    async def by_kind(self, endpoint: str, request: Request):
+        """One kind's models only (`/v1/classify`, `/v1/ner`, ... as each kind names its
+        route); the other kinds' fields are null."""
+        if endpoint not in endpoints():
+            routes = ", ".join(f"/v1/{e}" for e in ["annotate", *endpoints()])
+            return _error(HttpError(404, f"no route /v1/{endpoint}; the routes are {routes}"))
+        return await self._serve(request, endpoint)
 
     # internals
     async def _serve(self, request: Request, endpoint: str) -> JSONResponse:
@@ -431,7 +444,7 @@ class Ingress:
 
     def _models(self, endpoint: str, asked: list[str] | None) -> list[str]:
         """The models a request runs: the endpoint's kind, narrowed to the names it asks for."""
-        kind = ENDPOINT_KINDS[endpoint]
+        kind = endpoints().get(endpoint)  # None: /v1/annotate, every kind
         mine = [n for n, k in self.kinds.items() if kind is None or k == kind]
         if asked is None:
             if not mine:

@@ -77,6 +77,7 @@ class Kind(ABC):
     needs_offsets: bool  # the decoder reads character offsets of the model's token stream
     gate: tuple[str, float]  # int8 quality gate: agreement metric (pipeline.agreement) and floor
     per_token: bool  # the forward gives a row per token ([B, L, C]), else one per sequence ([B, D])
+    endpoint: str  # the online route with this kind's models only: POST /v1/<endpoint>
 
     def output(self, lm: Any) -> Any:
         """What a forward returns, as `(model output, attention mask) -> tensor`, run where
@@ -127,6 +128,11 @@ class Kind(ABC):
     ) -> dict[str, float]:
         """How close this model's results in `rows` are to `ref` (same texts): the measures by
         name, `gate[0]` among them (the int8 gate, the dtype tests and the benchmarks read them)."""
+
+    @abstractmethod
+    def online_fields(self) -> dict[str, Any]:
+        """Its fields of an online result under the default names, as pydantic field
+        definitions `{name: (type, default)}` (the API schema /docs shows)."""
 
     @abstractmethod
     def show(self, row: dict[str, Any], columns: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from pipeline.agreement import label_agreement
 from pipeline.arrow_lists import flat_list, to_list_array
@@ -38,6 +38,11 @@ class ClassifierSpec(ModelSpec):
 
 
 TOP_LABEL = pa.struct([("label", pa.string()), ("score", pa.float32())])
+
+
+class TopLabel(BaseModel):
+    label: str
+    score: float
 
 
 def scoring_function(facts: ModelFacts, requested: str) -> str:
@@ -122,6 +127,7 @@ class Classification(Kind):
     default_name = "classifier"
     spec = ClassifierSpec
     per_token = False
+    endpoint = "classify"
     needs_offsets = False
     gate = ("label_agreement", 0.99)
 
@@ -180,6 +186,13 @@ class Classification(Kind):
         return {
             "label_agreement": label_agreement(rows, ref, label),
             "max_score_delta": round(max(deltas, default=0.0), 4),
+        }
+
+    def online_fields(self) -> dict[str, Any]:
+        return {
+            "label": (str | None, None),
+            "label_score": (float | None, None),
+            "labels": (list[TopLabel] | None, Field(None, description="only with top_k")),
         }
 
     def show(self, row: dict[str, Any], columns: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from pipeline.agreement import entity_f1, spans
 from pipeline.arrow_lists import flat_list, to_list_array
@@ -49,6 +49,14 @@ ENTITY = pa.struct(
         ("score", pa.float32()),
     ]
 )
+
+
+class Entity(BaseModel):
+    label: str
+    text: str = Field(description="exactly input[start:end]")
+    start: int
+    end: int
+    score: float
 
 
 def segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -377,6 +385,7 @@ class Ner(Kind):
     default_name = "ner"
     spec = NerSpec
     per_token = True
+    endpoint = "ner"
     needs_offsets = True
     gate = ("entity_f1", 0.98)
 
@@ -438,6 +447,9 @@ class Ner(Kind):
         """Exact-span entity F1 (no entity in either run is full agreement, not an F1 of 0)."""
         gold, pred = spans(ref, columns["entities"]), spans(rows, columns["entities"])
         return {"entity_f1": entity_f1(gold, pred)["f1"] if any(gold) or any(pred) else 1.0}
+
+    def online_fields(self) -> dict[str, Any]:
+        return {"entities": (list[Entity] | None, None)}
 
     def show(self, row: dict[str, Any], columns: dict[str, str]) -> str:
         ents = row.get(columns["entities"]) or []
