@@ -26,7 +26,7 @@ class Annotator:
 
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg
-        built = Engine.build(cfg, models=models)
+        self.built = built = Engine.build(cfg, models=models)
         self.models, self.encoder, self.decoder = built.models, built.encoder, built.decoder
         self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
 
@@ -44,4 +44,4 @@ class Annotator:
         return self.engine.stats()
 
     def describe(self) -> dict[str, Any]:
-        return {name: lm.describe() for name, lm in self.models.items()}
+        return self.built.describe()

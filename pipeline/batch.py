@@ -19,9 +19,10 @@ from typing import Any
 from pipeline import __version__
 from pipeline.cluster import cpu_tasks, ensure_ray
 from pipeline.config import ERROR_LIMITS, ConfigError, PipelineConfig
+from pipeline.engine import check_models
 from pipeline.inputs import InputError, InputFiles, discover, inspect
-from pipeline.kinds import output_fields
-from pipeline.models import check_models, model_revisions
+from pipeline.kinds import kind_of, output_fields
+from pipeline.models import model_revisions
 from pipeline.placement import NoActorNodeError, PlacementWatch, StopWhenTripped, actor_needs
 from pipeline.progress import ProgressLine, quiet_ray_data_console
 from pipeline.progress import interval_s as progress_interval_s
@@ -76,7 +77,8 @@ def run(
         )
         return {**pub.report(), "status": "already_complete"}
     meta = lineage(cfg, date)  # checks every model source, before Ray starts or anything is cleared
-    check_models(cfg)
+    for name, lm in check_models(cfg).items():
+        meta["models"][name].update({k: v for k, v in kind_of(lm.spec).describe(lm).items() if v is not None})
     if overwrite:
         pub.clear()
 

@@ -110,7 +110,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.cluster import ensure_ray
-    from pipeline.models import check_models
+    from pipeline.engine import check_models
     from pipeline.serve import start
 
     cfg = _load_config(args)

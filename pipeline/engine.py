@@ -15,6 +15,7 @@ from pipeline.config import PipelineConfig
 from pipeline.decode import Decoder
 from pipeline.encode import Encoder
 from pipeline.infer import InferenceEngine
+from pipeline.kinds import kind_of
 from pipeline.models import LoadedModel, load_models
 
 
@@ -42,4 +43,16 @@ class Engine:
         return {name: lm.revision for name, lm in self.models.items()}
 
     def describe(self) -> dict[str, Any]:
-        return {name: lm.describe() for name, lm in self.models.items()}
+        """Per model: kind, source, revision, labels, dtype, and what its kind adds (a key the
+        kind sets to None is one that does not apply to it)."""
+        out = {}
+        for name, lm in self.models.items():
+            both = lm.describe() | kind_of(lm.spec).describe(lm)
+            out[name] = {k: v for k, v in both.items() if v is not None}
+        return out
+
+
+def check_models(cfg: PipelineConfig) -> dict[str, LoadedModel]:
+    """Read every model's tokenizer, labels, weight shapes and kind recipe (not the weights) and
+    refuse one that cannot work: on the driver, before Ray starts, in one line."""
+    return Engine.build(cfg, weights=False).models

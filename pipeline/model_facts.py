@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 
-FORMAT = 2  # bump when the fields change: older saved facts are then rebuilt
+FORMAT = 3  # bump when the fields change: older saved facts are then rebuilt
 READ_SUFFIXES = (".json", ".txt", ".model")  # config, tokenizer and vocabulary files
 
 
@@ -95,9 +95,13 @@ class ModelFacts:
     token_ids: int = 0  # ids the tokenizer can emit: its vocabulary and added tokens
     embedding_rows: int | None = None  # rows of the model's token embedding table
     head_rows: int | None = None  # outputs of its classification head, where the weights have one
+    hidden_size: int | None = None  # width of the encoder's token vectors
+    sentence: dict[str, Any] | None = None  # its sentence-transformers files, read (sentence_facts)
 
     @classmethod
-    def of(cls, tok: Any, config: Any, shapes: dict[str, list[int]] | None = None) -> ModelFacts:
+    def of(
+        cls, tok: Any, config: Any, shapes: dict[str, list[int]] | None = None, sentence: dict | None = None
+    ) -> ModelFacts:
         shapes = shapes or {}
         embedding = _shape(shapes, EMBEDDING_NAMES)
         head = _shape(shapes, HEAD_NAMES)
@@ -110,6 +114,8 @@ class ModelFacts:
             token_ids=len(tok),
             embedding_rows=embedding[0] if embedding else getattr(config, "vocab_size", None),
             head_rows=head[0] if head else None,
+            hidden_size=getattr(config, "hidden_size", None),
+            sentence=sentence,
         )
 
     def to_json(self) -> str:
@@ -143,6 +149,39 @@ def weight_shapes(path: Path) -> dict[str, list[int]]:
             header = json.loads(stream.read(size))
         shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
     return shapes
+
+
+POOLING_MODES = {  # 1_Pooling/config.json's flags -> our name; the others are not supported
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def sentence_facts(path: Path) -> dict[str, Any] | None:
+    """What a sentence-transformers folder says of pooling and length: `modules.json` (which
+    modules, in order: Normalize at the end means unit vectors), the Pooling module's config,
+    `sentence_bert_config.json` (max_seq_length). None for a plain Hugging Face folder."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = json.loads(modules_file.read_text())
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    out: dict[str, Any] = {"modules": kinds, "normalize": "Normalize" in kinds, "pooling": None}
+    pooling = next((m for m, k in zip(modules, kinds, strict=True) if k == "Pooling"), None)
+    if pooling is not None:
+        config_file = path / str(pooling.get("path", "")) / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        modes = [name for flag, name in POOLING_MODES.items() if config.get(flag)]
+        out["pooling"] = "+".join(modes) or None
+        out["dim"] = config.get("word_embedding_dimension")
+    bert_config = path / "sentence_bert_config.json"
+    if bert_config.is_file():
+        out["max_seq_length"] = json.loads(bert_config.read_text()).get("max_seq_length")
+    return out
 
 
 def saved_facts(path: Path, revision: str, cache_dir: Path, read: Callable[[], ModelFacts]) -> ModelFacts:

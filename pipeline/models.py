@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from pipeline import heap
 from pipeline.config import DEFAULT_KINDS, HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
-from pipeline.model_facts import ModelFacts, saved_facts, weight_shapes
+from pipeline.model_facts import ModelFacts, saved_facts, sentence_facts, weight_shapes
 from pipeline.storage import StorageError, is_s3, is_transient, s3_filesystem, strip_scheme
 
 if TYPE_CHECKING:
@@ -350,9 +350,9 @@ def load_model(
     check_weights_safe(path, spec.allow_pickle)
     if not weights:  # transformers (and torch with it) is imported only where facts are not saved yet
         facts = saved_facts(path, revision, cache_dir, lambda: _read_facts(path, spec.source)[0])
-        return _checked(LoadedModel(name, spec, path, revision, facts))
+        return _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts))
     facts, tokenizer = _read_facts(path, spec.source)
-    loaded = _checked(LoadedModel(name, spec, path, revision, facts, tokenizer))
+    loaded = _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts, tokenizer))
     device = device or _cpu()
     if _use_int8(int8, loaded, device, cache_dir):
         from pipeline.quantize import int8_model
@@ -389,7 +389,16 @@ def _read_hf(path: Path, source: str) -> tuple[Any, Any]:
 def _read_facts(path: Path, source: str) -> tuple[ModelFacts, Any]:
     """The model's facts, and its HF tokenizer."""
     tokenizer, config = _read_hf(path, source)
-    return ModelFacts.of(tokenizer, config, weight_shapes(path)), tokenizer
+    return ModelFacts.of(tokenizer, config, weight_shapes(path), sentence_facts(path)), tokenizer
+
+
+def _own_length(spec: ModelSpec, facts: ModelFacts) -> ModelSpec:
+    """A sentence-transformers folder names the length its model reads (`max_seq_length`): that
+    is the window length, unless the config sets `max_length` itself."""
+    own = (facts.sentence or {}).get("max_seq_length")
+    if own and "max_length" not in spec.model_fields_set:
+        return spec.model_copy(update={"max_length": int(own)})
+    return spec
 
 
 def _checked(lm: LoadedModel) -> LoadedModel:
@@ -421,12 +430,6 @@ def _checked(lm: LoadedModel) -> LoadedModel:
             f"classification head has {facts.head_rows} outputs: the label map is not this head's"
         )
     return lm
-
-
-def check_models(cfg: PipelineConfig) -> None:
-    """Read every model's tokenizer, labels and weight shapes (not the weights) and refuse one
-    that cannot work: on the driver, before Ray starts, in one line."""
-    load_models(cfg, weights=False)
 
 
 def _cpu() -> torch.device:

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pipeline.config import DEFAULT_KINDS, ConfigError, ModelsConfig, ModelSpec, register_spec
 from pipeline.kinds.base import Kind
 from pipeline.kinds.classification import Classification
+from pipeline.kinds.embedding import Embedding
 from pipeline.kinds.ner import Ner
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _plugins() -> None:
             log.exception("could not load the model kind %s (entry point %s)", entry.name, entry.value)
 
 
-for _builtin in (Classification(), Ner()):
+for _builtin in (Classification(), Ner(), Embedding()):
     register(_builtin)
 _plugins()
 
@@ -57,8 +58,9 @@ def kind_of(spec: ModelSpec) -> Kind:
 class Slot:
     """One model's place in every output row: its columns by role (without output.prefix).
 
-    Every kind's default name has a slot, configured or not, so an output's columns do not
-    depend on which of those models a night ran (label, label_score, entities: null when absent).
+    The first kinds' default names (`classifier`, `ner`) have a slot whether configured or not,
+    so outputs keep the columns their readers have always had (label, label_score, entities:
+    null when absent); every other model has one when configured.
     """
 
     name: str
@@ -74,9 +76,8 @@ def slots(models: ModelsConfig) -> list[Slot]:
     """The output slots of a config: classifier, ner, then the other models as configured."""
     out = []
     for name, kind_name in DEFAULT_KINDS.items():
-        spec = models.get(name)
-        if spec is None or spec.kind == kind_name:
-            kind = KINDS[kind_name]
+        spec, kind = models.get(name), KINDS[kind_name]
+        if (spec is None and kind.always_in_output) or (spec is not None and spec.kind == kind_name):
             out.append(Slot(name, kind, spec, kind.default_columns()))
     taken = {s.name for s in out}
     for name, spec in models.items():

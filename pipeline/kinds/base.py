@@ -78,6 +78,13 @@ class Kind(ABC):
     gate: tuple[str, float]  # int8 quality gate: agreement metric (pipeline.agreement) and floor
     per_token: bool  # the forward gives a row per token ([B, L, C]), else one per sequence ([B, D])
     endpoint: str  # the online route with this kind's models only: POST /v1/<endpoint>
+    # its default model's columns are in every output, configured or not (the first two
+    # kinds: outputs keep the columns their readers have always had, null when absent)
+    always_in_output: bool = False
+
+    def describe(self, lm: Any) -> dict[str, Any]:
+        """What the lineage and /v1/models record of a model beyond source and revision."""
+        return {}
 
     def output(self, lm: Any) -> Any:
         """What a forward returns, as `(model output, attention mask) -> tensor`, run where

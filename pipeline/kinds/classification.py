@@ -128,6 +128,7 @@ class Classification(Kind):
     spec = ClassifierSpec
     per_token = False
     endpoint = "classify"
+    always_in_output = True
     needs_offsets = False
     gate = ("label_agreement", 0.99)
 

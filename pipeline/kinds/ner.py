@@ -386,6 +386,7 @@ class Ner(Kind):
     spec = NerSpec
     per_token = True
     endpoint = "ner"
+    always_in_output = True
     needs_offsets = True
     gate = ("entity_f1", 0.98)
 
