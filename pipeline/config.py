@@ -387,9 +387,11 @@ class PipelineConfig(_Strict):
 
     def for_workers(self) -> dict[str, Any]:
         """This config as plain data for other processes and nodes, with what this process's
-        environment decides resolved here (a worker node's environment may lack the variable)."""
-        data = self.model_dump(mode="json")
-        data["s3"] = self.s3.resolved().model_dump(mode="json")
+        environment decides resolved here (a worker node's environment may lack the variable).
+        Keys the config does not set stay unset there too: a default that the model decides
+        (an embedding model's own max_seq_length) is decided the same way in every process."""
+        data = self.model_dump(mode="json", exclude_unset=True)
+        data["s3"] = self.s3.resolved().model_dump(mode="json", exclude_unset=True)
         return data
 
     def config_hash(self) -> str:

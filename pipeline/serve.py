@@ -22,21 +22,22 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline import __version__
 from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
-from pipeline.encode import Encoded
+from pipeline.encode import Encoded, framing_of, window_spans
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
-from pipeline.kinds import KINDS
+from pipeline.kinds import KINDS, kind_of, slots
 from pipeline.row_errors import count_kinds
+from pipeline.row_errors import kind_of as kind_of_error
 
 log = logging.getLogger(__name__)
 LIVE_S = 60.0  # /v1/models lists the revisions that answered within this many seconds
@@ -55,6 +56,45 @@ class AnnotateRequest(BaseModel):
         description="run only these configured models (by name, see GET /v1/models); default: all "
         "the endpoint's models. The others' fields come back null",
     )
+
+
+ANNOTATE_SHAPE = '{"texts": ["...", ...], "models": [...] optional}'
+EMBEDDINGS_SHAPE = (
+    '{"model": "<embedding model>", "input": "..." or ["...", ...], "encoding_format": "float" or "base64"}'
+)
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request (https://platform.openai.com/docs/api-reference/embeddings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a configured embedding model's name (GET /v1/models)")
+    input: str | list[str] = Field(description="a text or a list of texts (token arrays are not taken)")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="if given, must be the model's own")
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _some(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one text")
+        return value
+
+
+Parsed = TypeVar("Parsed", AnnotateRequest, EmbeddingsRequest)
+
+
+def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
+    """A vector as OpenAI sends it: floats, or base64 of little-endian float32."""
+    if encoding_format == "base64":
+        import base64
+
+        import numpy as np
+
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
 
 
 def endpoints() -> dict[str, str]:
@@ -118,12 +158,19 @@ def _openapi() -> dict[str, Any]:
 
 
 api.openapi = _openapi  # type: ignore[method-assign]
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": AnnotateRequest.model_json_schema()}},
+
+
+def _body(shape: type[BaseModel]) -> dict[str, Any]:
+    """The request body /docs shows (routes read and check the body themselves)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": shape.model_json_schema()}},
+        }
     }
-}
+
+
+_BODY = _body(AnnotateRequest)
 
 
 class HttpError(Exception):
@@ -131,8 +178,16 @@ class HttpError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
-def _error(err: HttpError) -> JSONResponse:
-    return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+def _error(err: HttpError, openai: bool = False) -> JSONResponse:
+    """`{"detail": ...}`; on OpenAI's routes also `{"error": {"message", "type", ...}}`, the
+    shape its clients read."""
+    body: dict[str, Any] = {"detail": err.detail}
+    if openai:
+        kind = "invalid_request_error" if err.status < 500 else "server_error"
+        if err.status == 401:
+            kind = "authentication_error"
+        body["error"] = {"message": err.detail, "type": kind, "param": None, "code": str(err.status)}
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 def api_keys(cfg: PipelineConfig) -> list[str]:
@@ -271,6 +326,8 @@ class Ingress:
         self.seen: dict[tuple[str, str], float] = {}  # (model, revision) -> when it last answered
         self.skew_answers = 0  # answers decoded by the model replica: it ran another revision
         self.kinds = {name: lm.kind for name, lm in light.models.items()}
+        self.light_models = light.models
+        self.columns = {slot.name: slot.columns for slot in slots(self.cfg.models)}
         self.keys = [k.encode() for k in api_keys(self.cfg)]
         self._requests = MetricCounter(
             "bert_pipeline_requests_total",
@@ -333,6 +390,11 @@ class Ingress:
             "ingress": {"skew_answers": self.skew_answers, "item_errors": dict(self.item_errors)},
         }
 
+    @api.post("/v1/embeddings", responses=_ERRORS, openapi_extra=_body(EmbeddingsRequest))
+    async def embeddings(self, request: Request):
+        """OpenAI-compatible embeddings: `OpenAI(base_url=".../v1").embeddings.create(model=, input=)`."""
+        return await self._embeddings(request)
+
     @api.post("/v1/{endpoint}", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
     async def by_kind(self, endpoint: str, request: Request):
         """One kind's models only (`/v1/classify`, `/v1/ner`, ... as each kind names its
@@ -347,27 +409,100 @@ class Ingress:
         started = time.perf_counter()
         try:
             self._authorize(request)
-            parsed = await self._parse(request)
+            parsed = await self._parse(request, AnnotateRequest, ANNOTATE_SHAPE)
             texts = self._limit(parsed.texts)
             names = self._models(endpoint, parsed.models)
-            docs = await asyncio.to_thread(self.encoder.encode, texts, names)
-            inferred = await self._infer(docs)
-            answered = {n: r for inf in inferred for n, r in inf.revisions.items() if n in names}
-            if any(self.revisions[n] != r for n, r in answered.items()):
-                # another revision ran the forward pass: its replica decodes with its own labels
-                rows, described = await self._call(self.model.annotate.remote(texts, names))
-                self.skew_answers += 1
-            else:
-                rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
-                described = {n: self.describe[n] for n in names}
-            self._saw({n: d["revision"] for n, d in described.items()})
-            self._count_errors(endpoint, [row["error"] for row in rows])
+            rows, described, _ = await self._answer(texts, names, endpoint)
             response = JSONResponse({"results": rows, "model": described})
         except HttpError as err:
             response = _error(err)
         self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
         self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
         return response
+
+    async def _answer(
+        self, texts: list[str | None], names: list[str], endpoint: str
+    ) -> tuple[list[dict], dict[str, Any], list[Encoded]]:
+        """Encode, infer and decode for the named models: rows, what answered, the encoded docs."""
+        docs = await asyncio.to_thread(self.encoder.encode, texts, names)
+        inferred = await self._infer(docs)
+        answered = {n: r for inf in inferred for n, r in inf.revisions.items() if n in names}
+        if any(self.revisions[n] != r for n, r in answered.items()):
+            # another revision ran the forward pass: its replica decodes with its own labels
+            rows, described = await self._call(self.model.annotate.remote(texts, names))
+            self.skew_answers += 1
+        else:
+            rows = await asyncio.to_thread(self.decoder.decode, texts, docs, inferred)
+            described = {n: self.describe[n] for n in names}
+        self._saw({n: d["revision"] for n, d in described.items()})
+        self._count_errors(endpoint, [row["error"] for row in rows])
+        return rows, described, docs
+
+    async def _embeddings(self, request: Request) -> JSONResponse:
+        """OpenAI's embeddings API over one configured embedding model."""
+        started = time.perf_counter()
+        endpoint = "embeddings"
+        try:
+            self._authorize(request)
+            parsed = await self._parse(request, EmbeddingsRequest, EMBEDDINGS_SHAPE)
+            name = self._embedding_model(parsed)
+            texts: list[str | None] = [parsed.input] if isinstance(parsed.input, str) else list(parsed.input)
+            rows, described, docs = await self._answer(self._limit(texts), [name], endpoint)
+            column = self.columns[name]["embedding"]
+            for i, row in enumerate(rows):
+                if row["error"] is not None:
+                    status = 400 if kind_of_error(row["error"]) == "input" else 500
+                    raise HttpError(status, f"input[{i}]: {row['error']}")
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _encoded(row[column], parsed.encoding_format),
+                }
+                for i, row in enumerate(rows)
+            ]
+            tokens = sum(self._tokens(name, doc) for doc in docs)
+            response = JSONResponse(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": name,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            )
+            self._saw({name: described[name]["revision"]})
+        except HttpError as err:
+            response = _error(err, openai=True)
+        self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
+        self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
+        return response
+
+    def _embedding_model(self, parsed: EmbeddingsRequest) -> str:
+        mine = [n for n, k in self.kinds.items() if k == "embedding"]
+        if parsed.model not in self.kinds:
+            raise HttpError(404, f"model {parsed.model!r} is not configured; the embedding models are {mine}")
+        if parsed.model not in mine:
+            raise HttpError(
+                400,
+                f"model {parsed.model!r} is a {self.kinds[parsed.model]} model; the embedding models are {mine}",
+            )
+        dim = self.describe[parsed.model].get("dim")
+        if parsed.dimensions is not None and parsed.dimensions != dim:
+            raise HttpError(
+                400, f"dimensions: {parsed.model}'s vectors have {dim} dimensions, not {parsed.dimensions}"
+            )
+        return parsed.model
+
+    def _tokens(self, name: str, doc: Encoded) -> int:
+        """Tokens the model read for a document: its windows, special tokens included."""
+        tokens = doc.streams.get(name)
+        if tokens is None:
+            return 0
+        lm = self.light_models[name]
+        framing = framing_of(lm.facts.tokenizer)
+        first_only = kind_of(lm.spec).first_window_only(lm.spec)
+        spans = window_spans(len(tokens), lm.spec.max_length, lm.spec.stride, framing.n_special, first_only)
+        return int((spans[:, 1] - spans[:, 0]).sum()) + framing.n_special * len(spans)
 
     def _count_errors(self, endpoint: str, errors: list[str | None]) -> None:
         for kind, n in count_kinds(errors).items():
@@ -408,7 +543,7 @@ class Ingress:
                 {"WWW-Authenticate": "Bearer"},
             )
 
-    async def _parse(self, request: Request) -> AnnotateRequest:
+    async def _parse(self, request: Request, shape: type[Parsed], expected: str) -> Parsed:
         limit = self.cfg.serve.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -425,13 +560,11 @@ class Ingress:
         except RecursionError:
             raise HttpError(400, "request body is nested too deeply") from None
         try:
-            return AnnotateRequest.model_validate(data)
+            return shape.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise HttpError(
-                422, f'{where}: {first["msg"]} (expected {{"texts": ["...", ...], "models": [...] optional}})'
-            ) from None
+            raise HttpError(422, f"{where}: {first['msg']} (expected {expected})") from None
 
     def _limit(self, texts: list[str | None]) -> list[str | None]:
         s = self.cfg.serve

@@ -181,6 +181,7 @@ class Embedding(Kind):
     def describe(self, lm: Any) -> dict[str, Any]:
         r = recipe(lm)
         return {
+            "labels": None,  # an embedding model has none
             "dim": r.dim,
             "pooling": r.pooling,
             "normalize": r.normalize,
