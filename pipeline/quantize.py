@@ -28,7 +28,7 @@ from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
-RECIPE = "ort-dynamic-int8-per-channel-ffn-out-fp32-v1"
+RECIPE = "ort-dynamic-int8-per-channel-ffn-out-fp32-v2"  # v2: exported by keyword, one named output
 INSTALL_HINT = "runtime.dtype int8 needs ONNX Runtime: pip install 'bert-pipeline[int8]'"
 
 
@@ -101,7 +101,18 @@ def export_fp32(model: Any, path: Path, output: str = "logits") -> None:
 
     import torch
 
-    model = model.float().eval()
+    class Named(torch.nn.Module):
+        """The model called by keyword, one named output: what ModelRunner calls and reads,
+        whatever order the model's own forward takes its arguments in."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return getattr(self.inner(input_ids=input_ids, attention_mask=attention_mask), output)
+
+    model = Named(model.float().eval()).eval()
     ids = torch.ones(2, 16, dtype=torch.long)
     axes = {0: "batch", 1: "tokens"}
     with warnings.catch_warnings(), torch.inference_mode():

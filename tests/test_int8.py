@@ -18,6 +18,7 @@ from conftest import batch_config, read_output, tiny_config, write_corpus
 from test_dtype import generated_texts
 
 from pipeline import Annotator, PipelineConfig, batch, cli, models, quantize
+from pipeline.demo.random_models import minilm_dir
 from pipeline.kinds import agreement
 from pipeline.models import ModelLoadError, cpu_name, load_models
 
@@ -130,6 +131,7 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
 
     pq.write_table(pa.table({"id": range(60), "text": generated_texts(60)}), tmp_path / "in.parquet")
     cfg = tiny_config(*tiny_models)
+    cfg["models"]["embedding"] = {"source": str(minilm_dir())}  # a kind with its own gate: cosine
     cfg |= {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "cache_dir": "cache"}
     (tmp_path / "night.yaml").write_text(json.dumps(cfg))
     assert (
@@ -137,7 +139,10 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
     )
     out = capsys.readouterr()
     verdicts = json.loads(out.out)
-    assert set(verdicts) == {"classifier", "ner"}
+    assert set(verdicts) == {"classifier", "ner", "embedding"}
+    assert verdicts["embedding"]["gate"] == {"cosine_min": 0.99}
+    assert verdicts["embedding"]["dtypes"]["fp32"]["cosine_min"] == 1.0
+    assert 0.9 < verdicts["embedding"]["dtypes"]["int8"]["cosine_min"] < 1.0
     for task, v in verdicts.items():
         assert v["texts"] == 40 and set(v["dtypes"]) == {"fp32", "bf16", "int8"}
         assert v["use_int8"] == (v["meets_gate"] and v["faster"])
@@ -148,6 +153,7 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
     assert verdicts["ner"]["dtypes"]["fp32"]["entity_f1"] == 1.0
     # and the verdicts drive dtype auto on this machine
     auto = tiny_config(*tiny_models, runtime__dtype="auto") | {"cache_dir": str(tmp_path / "cache")}
+    auto["models"]["embedding"] = cfg["models"]["embedding"]
     ran = {t: lm.dtype for t, lm in load_models(PipelineConfig.from_dict(auto)).items()}
     for task, v in verdicts.items():
         assert (ran[task] == "int8") == v["use_int8"], (task, ran, v)

@@ -103,11 +103,11 @@ def output_fields(models: ModelsConfig, prefix: str = "") -> list[pa.Field]:
 
 
 def agreement(rows: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, float]:
-    """Every measure of every kind whose default columns `ref` holds (rows keyed by those
-    names, as `Annotator` gives them for the default models)."""
+    """Every measure of every kind whose default columns hold values in `ref` (rows keyed by
+    those names, as `Annotator` gives them for the default models)."""
     out: dict[str, float] = {}
     for kind in KINDS.values():
         columns = kind.default_columns()
-        if any(column in r for r in ref for column in columns.values()):
+        if any(r.get(column) is not None for r in ref for column in columns.values()):
             out.update(kind.agreement(rows, ref, columns))
     return out

@@ -150,9 +150,10 @@ class Embedding(Kind):
     per_token = False
     endpoint = "embed"
     needs_offsets = False
-    # int8 against fp32, every text of the sample: the least cosine similarity. At 0.99 a
-    # vector's nearest neighbours among others are those of its fp32 twin except where two
-    # candidates were within a few thousandths of each other anyway.
+    # int8 against fp32: the least cosine similarity over the sample's texts. all-MiniLM-L6-v2
+    # in int8 reaches 0.987-0.989 (mean 0.995-0.996), and on 600 generated documents 13.8% of
+    # each document's 10 nearest neighbours change: a search user sees that. bf16 reaches
+    # 0.9999. A model must keep every text above 0.99 for `auto` to embed in int8.
     gate = ("cosine_min", 0.99)
 
     def output(self, lm: Any) -> Any:
