@@ -150,6 +150,16 @@ def register_spec(kind: str, spec: type[ModelSpec], default_name: str) -> None:
     `default_name`) validates against it, with its keys named in errors."""
     SPECS[kind] = spec
     DEFAULT_KINDS[default_name] = kind
+    _rebuild()
+
+
+def unregister_spec(kind: str, default_name: str) -> None:
+    SPECS.pop(kind, None)
+    DEFAULT_KINDS.pop(default_name, None)
+    _rebuild()
+
+
+def _rebuild() -> None:
     specs = tuple(SPECS.values())
     union: Any = specs[0] if len(specs) == 1 else Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007 - a runtime tuple of types
     # pydantic builds a model's validator from its field annotations: set the union, rebuild

@@ -17,7 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import DEFAULT_KINDS, ConfigError, ModelsConfig, ModelSpec, register_spec
+from pipeline.config import (
+    DEFAULT_KINDS,
+    ConfigError,
+    ModelsConfig,
+    ModelSpec,
+    register_spec,
+    unregister_spec,
+)
 from pipeline.kinds.base import Kind
 from pipeline.kinds.classification import Classification
 from pipeline.kinds.embedding import Embedding
@@ -34,6 +41,12 @@ def register(kind: Kind) -> Kind:
     KINDS[kind.name] = kind
     register_spec(kind.name, kind.spec, kind.default_name)
     return kind
+
+
+def unregister(name: str) -> None:
+    """Remove a kind (a test's, or a plug-in being replaced)."""
+    kind = KINDS.pop(name)
+    unregister_spec(kind.name, kind.default_name)
 
 
 def _plugins() -> None:
