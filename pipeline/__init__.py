@@ -1,4 +1,4 @@
-"""Label text corpora with BERT sequence classification and NER, in batch on Ray Data and online on Ray Serve."""
+"""Label text corpora with BERT sequence classification, NER and sentence embeddings, in batch on Ray Data and online on Ray Serve."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -143,7 +144,8 @@ def build(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build (or reuse) out/classifier, out/ner and out/sentiment; return metrics on held-out templates."""
+    """Build (or reuse) out/classifier, out/ner and out/sentiment, and provide out/embedding;
+    return metrics on held-out templates."""
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -165,6 +167,7 @@ def build(
     if stamp.exists():
         built = json.loads(stamp.read_text())
         if built.get("recipe") == recipe and all((out / m).is_dir() for m in MODELS):
+            _embedding(out)
             echo(f"demo models already built in {out} (held-out metrics: {built['metrics']})")
             return built["metrics"]
     hf_logging.disable_progress_bar()
@@ -251,6 +254,7 @@ def build(
         cls_final_loss=round(cls_loss, 4),
         sentiment_final_loss=round(tone_loss, 4),
     )
+    _embedding(out)
     stamp.write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=2))
     echo(
         f"built demo models in {out} in {metrics['build_s']}s; held-out: topic accuracy "
@@ -258,6 +262,21 @@ def build(
         f"sentiment accuracy {metrics['sentiment_accuracy']:.1%}"
     )
     return metrics
+
+
+def _embedding(out: Path) -> Path:
+    """out/embedding: all-MiniLM-L6-v2 as the package ships it (a pretrained sentence-transformers
+    model: mean pooling, normalized), copied, not trained: seconds."""
+    from pipeline.demo.random_models import minilm_dir
+
+    target = out / "embedding"
+    if not (target / "modules.json").is_file():
+        tmp = out / f"embedding.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(minilm_dir(), tmp, ignore=shutil.ignore_patterns("README.md", ".gitattributes"))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
 
 
 def _classifier(

@@ -1,10 +1,12 @@
 """What a model kind is: the one interface that encode, infer, decode, the stages, Serve and
 the int8 gate talk to, so that none of them names a kind.
 
-A kind owns how its model is loaded (the transformers Auto class), how a long document is
-cut into windows and the window results reduced to one per document, how outputs cross
-Ray Data as Arrow columns, how they are decoded with Hugging Face pipelines' semantics, and
-which output columns (and online fields) it adds. `pipeline.kinds` registers the kinds.
+A kind owns its config spec (and through it the transformers Auto class that loads it),
+what its forward returns (reduced where the model runs), how a long document is cut into
+windows and the window results reduced to one per document, how outputs cross Ray Data as
+Arrow columns, how they are decoded (Hugging Face pipelines' or sentence-transformers'
+semantics), which output columns, online fields and route it adds, how `--show` prints it,
+and how close two runs of it are (its int8 gate). `pipeline.kinds` registers the kinds.
 """
 
 from __future__ import annotations
