@@ -30,7 +30,7 @@ from pipeline.publish import SUCCESS, Publisher
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.row_errors import ErrorBudgetExceeded, ErrorCounts, listed, over_budget
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
-from pipeline.tally import DTYPE_KEY
+from pipeline.tally import DTYPE_KEY, MODEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -380,12 +380,23 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
         "oom_splits": int(counts.get("oom_splits", 0)),
         "model_dtypes": model_dtypes(counts),
+        "per_model": per_model(counts),
         "wall_s": round(wall, 2),
         "docs_per_s": round(docs / wall, 2) if wall > 0 else None,
         "models": meta["models"],
         "config_hash": meta["config_hash"],
         "version": meta["version"],
     }
+
+
+def per_model(counts: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{model: {windows, tokens, forward_s}} this run, from the inference actors' counters."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in counts.items():
+        if key.startswith(MODEL_KEY):
+            name, what = key[len(MODEL_KEY) :].rsplit(":", 1)
+            out.setdefault(name, {})[what] = round(value, 2) if what == "forward_s" else int(value)
+    return dict(sorted(out.items()))
 
 
 def model_dtypes(counts: dict[str, Any]) -> dict[str, list[str]]:
@@ -413,6 +424,14 @@ def summary(report: dict[str, Any]) -> str:
         f"  output: {report['output']} ({report.get('output_files', '?')} files, "
         f"{report.get('output_rows', '?')} rows; input rows {report['input_rows']})",
     ]
+    if len(report.get("per_model") or {}) > 1:
+        lines.append(
+            "  per model: "
+            + ", ".join(
+                f"{name} {m.get('windows', 0)} windows / {m.get('forward_s', 0)} s forward"
+                for name, m in report["per_model"].items()
+            )
+        )
     if report.get("errors"):
         lines.append(
             f"  rows with errors: {report['errors']} ({report['failed_rows']} failed = "

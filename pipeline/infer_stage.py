@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine
 from pipeline.revisions import check_revisions
 from pipeline.stages import light_engine, with_inferred
-from pipeline.tally import DTYPE_KEY, report
+from pipeline.tally import DTYPE_KEY, MODEL_KEY, report
 
 log = logging.getLogger(__name__)
 BACKPRESSURE_WAIT_S = 600  # a nightly job waits out a busy day-time peak this long, then fails
@@ -84,9 +85,23 @@ class InferActor:
         check_revisions(self.expected, self.engine.revisions, "the model source")
         self.started = mark_first_batch(self.tally, self.started)
         before = self.engine.stats()
+        per_model = {name: replace(runner.stats) for name, runner in self.engine.runners.items()}
         docs = columns_to_encoded(table, self.group_of)
         results = self.engine.infer(docs)
         report_infer(self.tally, self.engine.stats().since(before), len(docs))
+        report(
+            self.tally,
+            {
+                f"{MODEL_KEY}{name}:{what}": delta[field]
+                for name, runner in self.engine.runners.items()
+                for delta in [runner.stats.since(per_model[name])]
+                for what, field in (
+                    ("windows", "sequences"),
+                    ("tokens", "real_tokens"),
+                    ("forward_s", "forward_s"),
+                )
+            },
+        )
         return with_inferred(table, results, self.models)
 
 

@@ -36,6 +36,10 @@ def test_the_nightly_output_has_the_vectors_and_their_lineage(ray_cluster, tiny_
     cfg["models"]["embedding"] = {"source": str(minilm_dir())}
     report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     assert report["status"] == "complete" and report["failed_rows"] == 0
+    assert set(report["per_model"]) == {"classifier", "ner", "embedding"}, "the report counts each model"
+    texts = pq.read_table(tmp_path / "in", columns=["text"]).column("text")
+    assert report["per_model"]["embedding"]["windows"] == len(texts) - texts.null_count, "one window a text"
+    assert report["per_model"]["ner"]["windows"] > report["per_model"]["classifier"]["windows"]
     assert report["models"]["embedding"] | {"source": None, "revision": None} == {
         "source": None,
         "revision": None,
