@@ -161,6 +161,7 @@ BENCHES = {
     "serve-load": "bench.serve_load",
     "scale": "bench.scale",
     "soak": "bench.soak",
+    "embeddings": "bench.embeddings",
 }
 
 
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="benchmarks: throughput (vs HF pipelines, Ray Data recipe), serve-load, scale (100k/1M docs), "
-        "soak (the online API under load for minutes)",
+        "soak (the online API under load for minutes), embeddings (vs sentence-transformers)",
     )
     p.add_argument("bench", choices=sorted(BENCHES))
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --quick; see --help")

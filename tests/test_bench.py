@@ -108,3 +108,22 @@ def test_scale_bench_measures_growth_against_both_small_runs():
     assert "forward_cpu_per_doc" not in grown  # no CPU figure to divide by
     noise = growth(first, again)
     assert noise["peak_mib"]["raylets"] == 1.2 and noise["time_per_doc"] == 0.75
+
+
+@pytest.mark.slow
+def test_embeddings_bench_smoke(tmp_path):
+    """`pipeline bench embeddings` on a few documents: every contender runs and the vectors equal
+    sentence-transformers' (no timing is asserted)."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "bench", "embeddings", "--quick"]
+    cmd += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "embeddings.json")]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "embeddings.json").read_text())
+    assert {
+        "sentence-transformers",
+        "ours-embedding",
+        "ours-classifier+ner",
+        "ours-classifier+ner+embedding",
+    } <= set(report["results"])
+    assert report["results"]["ours-embedding"]["cosine_min_vs_st"] >= 0.99999
+    assert report["ratios"]["embedding_vs_sentence_transformers"] > 0 and "target >= 2" in done.stdout
