@@ -145,16 +145,10 @@ def _run_cli(path: Path, cluster: LocalCluster, log: Path) -> subprocess.Popen:
 
 def _actor_raylet(cluster: LocalCluster) -> int:
     """The raylet of the node that holds the inference actor (the actor's worker is its child)."""
-    kids = children()
-    for raylet in cluster.pids("/raylet/raylet"):
-        for pid in kids.get(raylet, []):
-            try:
-                title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if title.startswith("ray::") and "InferActor" in title:
-                return raylet
-    raise LookupError("no inference actor running")
+    found = _raylet_running(cluster, _inference)
+    if found is None:
+        raise LookupError("no inference actor running")
+    return found
 
 
 def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(tiny_models, tmp_path):
