@@ -9,24 +9,22 @@ night is left alone unless --overwrite.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import __version__
 from pipeline.cluster import cpu_tasks, ensure_ray
 from pipeline.config import ERROR_LIMITS, ConfigError, PipelineConfig
-from pipeline.engine import check_models
 from pipeline.inputs import InputError, InputFiles, discover, inspect
-from pipeline.kinds import kind_of, output_fields
-from pipeline.models import model_revisions
+from pipeline.kinds import output_fields
 from pipeline.placement import NoActorNodeError, PlacementWatch, StopWhenTripped, actor_needs
 from pipeline.progress import ProgressLine, quiet_ray_data_console
 from pipeline.progress import interval_s as progress_interval_s
 from pipeline.publish import SUCCESS, Publisher
+from pipeline.ray_data import Processor
+from pipeline.ray_data import lineage as processor_lineage
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.row_errors import ErrorBudgetExceeded, ErrorCounts, listed, over_budget
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
@@ -44,13 +42,8 @@ def fill_date(path: str, date: str) -> str:
 
 
 def lineage(cfg: PipelineConfig, date: str) -> dict[str, Any]:
-    """What produced this output: recorded in every file's metadata and in the report."""
-    return {
-        "models": model_revisions(cfg),
-        "config_hash": cfg.config_hash(),
-        "version": __version__,
-        "date": date,
-    }
+    """What produced this night: recorded in every file's metadata and in the report."""
+    return {**processor_lineage(cfg), "date": date}
 
 
 def run(
@@ -76,9 +69,7 @@ def run(
             f"{out_path} is already complete ({SUCCESS} present): nothing to do. Use --overwrite to redo it."
         )
         return {**pub.report(), "status": "already_complete"}
-    meta = lineage(cfg, date)  # checks every model source, before Ray starts or anything is cleared
-    for name, lm in check_models(cfg).items():
-        meta["models"][name].update({k: v for k, v in kind_of(lm.spec).describe(lm).items() if v is not None})
+    meta = lineage(cfg, date)  # checks every model, before Ray starts or anything is cleared
     if overwrite:
         pub.clear()
 
@@ -169,7 +160,8 @@ def build_dataset(
     done: DoneIds | None,
     tasks: int,
 ):
-    """The Ray Data graph, up to (not including) the write (which gets the same `tasks` cap).
+    """The Ray Data graph, up to (not including) the write (which gets the same `tasks` cap):
+    the checked Parquet reader, then the annotation processor (pipeline.ray_data).
 
     Three operators, each a pool that runs all the time: read+encode (CPU tasks, fused),
     infer (actor pool), decode (CPU tasks, fused with the write by `write`). Every stage
@@ -178,14 +170,10 @@ def build_dataset(
     """
     import ray.data
 
-    from pipeline.infer_stage import infer_stage
     from pipeline.reader import ParquetDocs, plan_units
-    from pipeline.stages import decode_batch, encode_batch
 
     assert cfg.input is not None
     r = cfg.ray
-    conf = cfg.for_workers()
-    text = cfg.input.text_column
     units = plan_units(inputs)
     source = ParquetDocs(
         units, fs, columns, inputs.schema, r.docs_per_batch, cfg.input.on_bad_file, tally, done
@@ -194,40 +182,9 @@ def build_dataset(
     ds = ray.data.read_datasource(
         source, num_cpus=r.cpus_per_task, override_num_blocks=len(units), concurrency=tasks
     )
-    ds = ds.map_batches(
-        encode_batch,
-        batch_format="pyarrow",
-        batch_size=None,  # the reader's blocks are already docs_per_batch rows
-        num_cpus=r.cpus_per_task,
-        compute=ray.data.TaskPoolStrategy(size=tasks),  # same cap as the read: the two fuse
-        fn_kwargs={"config": conf, "text_column": text, "expected": meta["models"]},
-    )
-    stage = infer_stage(cfg)
-    low, high = r.actor_pool()
-    ds = ds.map_batches(
-        stage["fn"],
-        batch_format="pyarrow",
-        batch_size=r.docs_per_batch,
-        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-        num_cpus=stage["num_cpus"],
-        num_gpus=stage["num_gpus"],
-        resources=stage["resources"],
-        fn_constructor_kwargs={"config": conf, "tally": tally, "expected": meta["models"]},
-    )
-    return ds.map_batches(
-        decode_batch,
-        batch_format="pyarrow",
-        batch_size=None,
-        num_cpus=r.cpus_per_task,
-        compute=ray.data.TaskPoolStrategy(size=tasks),  # the write gets the same cap: the two fuse
-        fn_kwargs={
-            "config": conf,
-            "text_column": text,
-            "prefix": cfg.output.prefix if cfg.output else "",
-            "metadata": json.dumps(meta),
-            "tally": tally,
-        },
-    )
+    prefix = cfg.output.prefix if cfg.output else ""
+    # the reader's blocks are already docs_per_batch rows: encode takes them as they come
+    return Processor(cfg, cfg.input.text_column, prefix, meta).stages(ds, tasks=tasks, tally=tally)
 
 
 def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: int, echo) -> dict[str, Any]:
