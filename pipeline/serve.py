@@ -22,8 +22,10 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -31,11 +33,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline import __version__
-from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, PipelineConfig
-from pipeline.encode import Encoded, framing_of, window_spans
+from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, ModelsConfig, ModelSpec, PipelineConfig
+from pipeline.decode import Decoder
+from pipeline.encode import Encoded, framing_of, plain_backend, window_spans
 from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine, Inferred
 from pipeline.kinds import KINDS, kind_of, slots
+from pipeline.kinds.base import HfContext, HfParameterError
 from pipeline.row_errors import count_kinds
 from pipeline.row_errors import kind_of as kind_of_error
 
@@ -83,7 +87,29 @@ class EmbeddingsRequest(BaseModel):
         return value
 
 
-Parsed = TypeVar("Parsed", AnnotateRequest, EmbeddingsRequest)
+class HfRequest(BaseModel):
+    """The Hugging Face Inference API's request: `inputs` and the task's `parameters`. Clients
+    send feature-extraction's parameters at the top level, as text-embeddings-inference takes
+    them (`{"inputs", "normalize", ...}`): any other top-level key is read as a parameter."""
+
+    model_config = ConfigDict(extra="allow")
+
+    inputs: str | list[str] = Field(description="a text or a list of texts")
+    parameters: dict[str, Any] | None = Field(
+        None, description="the task's parameters (see /docs of the task)"
+    )
+    options: dict[str, Any] | None = Field(None, description="the hosted API's options; accepted and ignored")
+
+    @field_validator("inputs")
+    @classmethod
+    def _some(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one text")
+        return value
+
+
+HF_SHAPE = '{"inputs": "..." or ["...", ...], "parameters": {...} optional}'
+Parsed = TypeVar("Parsed", AnnotateRequest, EmbeddingsRequest, HfRequest)
 
 
 def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
@@ -178,10 +204,12 @@ class HttpError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
-def _error(err: HttpError, openai: bool = False) -> JSONResponse:
-    """`{"detail": ...}`; on OpenAI's routes also `{"error": {"message", "type", ...}}`, the
-    shape its clients read."""
+def _error(err: HttpError, openai: bool = False, hf: bool = False) -> JSONResponse:
+    """`{"detail": ...}`; on OpenAI's routes also `{"error": {"message", "type", ...}}`, on
+    Hugging Face's `{"error": "..."}`: the shapes their clients read."""
     body: dict[str, Any] = {"detail": err.detail}
+    if hf:
+        body["error"] = err.detail
     if openai:
         kind = "invalid_request_error" if err.status < 500 else "server_error"
         if err.status == 401:
@@ -328,6 +356,8 @@ class Ingress:
         self.kinds = {name: lm.kind for name, lm in light.models.items()}
         self.light_models = light.models
         self.columns = {slot.name: slot.columns for slot in slots(self.cfg.models)}
+        self._hf_decoders: dict[tuple[str, str], tuple[Decoder, dict[str, str]]] = {}
+        self._backends = {n: plain_backend(lm.facts.tokenizer) for n, lm in light.models.items()}
         self.keys = [k.encode() for k in api_keys(self.cfg)]
         self._requests = MetricCounter(
             "bert_pipeline_requests_total",
@@ -389,6 +419,28 @@ class Ingress:
             **stats,
             "ingress": {"skew_answers": self.skew_answers, "item_errors": dict(self.item_errors)},
         }
+
+    @api.post("/models/{name}", responses=_ERRORS, openapi_extra=_body(HfRequest))
+    async def hugging_face(self, name: str, request: Request):
+        """The Hugging Face Inference API for one model, in its kind's task shape
+        (`InferenceClient(model=".../models/<name>")`)."""
+        return await self._hf(request, name)
+
+    @api.get("/info")
+    async def info(self, request: Request):
+        """Per model: kind, its Hugging Face task and route, revision, labels, max_length (dim
+        for embeddings)."""
+        if denied := self._denied(request):
+            return denied
+        models = {
+            name: {
+                **described,
+                "task": KINDS[described["kind"]].hf_task,
+                "route": f"/models/{name}" if KINDS[described["kind"]].hf_task else None,
+            }
+            for name, described in self.describe.items()
+        }
+        return {"models": models, "version": __version__, "config_hash": self.cfg.config_hash()}
 
     @api.post("/v1/embeddings", responses=_ERRORS, openapi_extra=_body(EmbeddingsRequest))
     async def embeddings(self, request: Request):
@@ -476,6 +528,81 @@ class Ingress:
         self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
         self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
         return response
+
+    async def _hf(self, request: Request, name: str) -> JSONResponse:
+        started = time.perf_counter()
+        endpoint = "models"
+        try:
+            self._authorize(request)
+            parsed = await self._parse(request, HfRequest, HF_SHAPE)
+            lm = self.light_models.get(name)
+            if lm is None:
+                raise HttpError(404, f"no model {name!r}; the models are {sorted(self.light_models)}")
+            kind = kind_of(lm.spec)
+            if kind.hf_task is None:
+                raise HttpError(400, f"{name} is a {kind.name} model, which has no Hugging Face task shape")
+            try:
+                spec = kind.hf_spec(lm, {**(parsed.model_extra or {}), **(parsed.parameters or {})})
+            except HfParameterError as exc:
+                raise HttpError(exc.status, f"parameters: {exc}") from None
+            one = isinstance(parsed.inputs, str)
+            texts: list[str | None] = self._limit([parsed.inputs] if one else list(parsed.inputs))  # type: ignore[list-item]
+            docs = await asyncio.to_thread(self.encoder.encode, texts, [name])
+            inferred = await self._infer(docs)
+            if any(inf.revisions.get(name, self.revisions[name]) != self.revisions[name] for inf in inferred):
+                retry = {"Retry-After": str(self.cfg.serve.retry_after_s)}
+                raise HttpError(503, f"a new revision of {name} is rolling out; retry", retry)
+            decoder, columns = self._hf_decoder(name, spec)
+            rows = await asyncio.to_thread(decoder.decode, texts, docs, inferred)
+            self._saw({name: self.revisions[name]})
+            self._count_errors(endpoint, [row["error"] for row in rows])
+            for i, row in enumerate(rows):
+                if row["error"] is not None:
+                    status = 400 if kind_of_error(row["error"]) == "input" else 500
+                    raise HttpError(status, f"inputs[{i}]: {row['error']}")
+            answers = [
+                kind.hf_answer(row, columns, self._hf_context(name, str(text), doc, spec))
+                for row, text, doc in zip(rows, texts, docs, strict=True)
+            ]
+            response = JSONResponse(answers if not one or kind.hf_nests_one else answers[0])
+        except HttpError as err:
+            response = _error(err, hf=True)
+        self._requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
+        self._latency.observe(time.perf_counter() - started, tags={"endpoint": endpoint})
+        return response
+
+    def _hf_decoder(self, name: str, spec: ModelSpec) -> tuple[Decoder, dict[str, str]]:
+        """A decoder for one model with a request's parameters applied, and its row's columns
+        (kept: a client sends the same few parameter sets again and again)."""
+        key = (name, spec.model_dump_json())
+        if key not in self._hf_decoders:
+            models = ModelsConfig.model_validate({name: spec.model_dump()})
+            decoder = Decoder({name: replace(self.light_models[name], spec=spec)}, models)
+            columns = next(slot.columns for slot in decoder.slots if slot.name == name)
+            if len(self._hf_decoders) >= 64:
+                self._hf_decoders.pop(next(iter(self._hf_decoders)))
+            self._hf_decoders[key] = (decoder, columns)
+        return self._hf_decoders[key]
+
+    def _hf_context(self, name: str, text: str, doc: Encoded, spec: ModelSpec) -> HfContext:
+        backend = self._backends[name]
+        stream = doc.streams.get(name)
+        unk = self.light_models[name].facts.tokenizer.unk_id
+
+        def tokens(start: int, end: int) -> list[str]:
+            """The tokens in [start, end), as the pipelines read them: an unknown token is
+            its text (gather_pre_entities)."""
+            if stream is None:
+                return []
+            inside = np.flatnonzero((stream.offsets[:, 0] >= start) & (stream.offsets[:, 1] <= end))
+            return [
+                text[stream.offsets[k, 0] : stream.offsets[k, 1]]
+                if stream.ids[k] == unk
+                else backend.id_to_token(int(stream.ids[k]))
+                for k in inside
+            ]
+
+        return HfContext(text, spec, tokens, backend.decoder.decode)
 
     def _embedding_model(self, parsed: EmbeddingsRequest) -> str:
         mine = [n for n, k in self.kinds.items() if k == "embedding"]

@@ -12,7 +12,8 @@ and how close two runs of it are (its int8 gate). `pipeline.kinds` registers the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,6 +71,26 @@ class KindDecoder(ABC):
         """Decode a batch; documents where `ok` is False get None in every role."""
 
 
+class HfParameterError(ValueError):
+    """A Hugging Face Inference `parameters` entry that is unknown (422) or that this model
+    cannot honour (400); the message names it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class HfContext:
+    """What a kind may need to shape one input's Hugging Face answer: the text, and the token
+    strings of a span of it, as `transformers`' pipelines spell them."""
+
+    text: str
+    spec: ModelSpec  # the model's spec with the request's parameters applied
+    tokens: Callable[[int, int], list[str]]  # the tokens inside [start, end) of the text
+    decode: Callable[[list[str]], str]  # convert_tokens_to_string
+
+
 class Kind(ABC):
     """A model kind; one instance per kind, registered in `pipeline.kinds.KINDS`."""
 
@@ -87,6 +108,20 @@ class Kind(ABC):
     def describe(self, lm: Any) -> dict[str, Any]:
         """What the lineage and /v1/models record of a model beyond source and revision."""
         return {}
+
+    # -- the Hugging Face Inference API (POST /models/<name>) --------------------------------
+    hf_task: str | None = None  # the task whose shape it answers in; None: no such route
+    hf_nests_one: bool = True  # a single string input is answered as a list of one answer
+
+    def hf_spec(self, lm: Any, parameters: dict[str, Any]) -> ModelSpec:
+        """The model's spec with a request's task `parameters` applied (HfParameterError)."""
+        if parameters:
+            raise HfParameterError(422, f"unknown parameter(s) {sorted(parameters)}")
+        return lm.spec
+
+    def hf_answer(self, row: dict[str, Any], columns: dict[str, str], context: HfContext) -> Any:
+        """One input's answer in the task's shape, from its result row."""
+        raise NotImplementedError
 
     def output(self, lm: Any) -> Any:
         """What a forward returns, as `(model output, attention mask) -> tensor`, run where

@@ -19,7 +19,16 @@ from pydantic import BaseModel, Field
 from pipeline.agreement import label_agreement
 from pipeline.arrow_lists import flat_list, to_list_array
 from pipeline.config import ModelSpec
-from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, sigmoid, softmax
+from pipeline.kinds.base import (
+    HfContext,
+    HfParameterError,
+    Kind,
+    KindBatch,
+    KindDecoded,
+    KindDecoder,
+    sigmoid,
+    softmax,
+)
 
 if TYPE_CHECKING:
     from pipeline.encode import Framing, Tokens
@@ -188,6 +197,36 @@ class Classification(Kind):
             "label_agreement": label_agreement(rows, ref, label),
             "max_score_delta": round(max(deltas, default=0.0), 4),
         }
+
+    hf_task = "text-classification"
+
+    def hf_spec(self, lm: Any, parameters: dict[str, Any]) -> ModelSpec:
+        """`top_k` and `function_to_apply`, as `pipeline("text-classification")` takes them."""
+        known = {"top_k", "function_to_apply"}
+        if unknown := sorted(set(parameters) - known):
+            raise HfParameterError(
+                422, f"unknown parameter(s) {unknown}; text-classification takes {sorted(known)}"
+            )
+        update: dict[str, Any] = {}
+        top_k = parameters.get("top_k")
+        if top_k is not None:
+            if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+                raise HfParameterError(422, f"top_k must be a positive integer, not {top_k!r}")
+            update["top_k"] = top_k
+        function = parameters.get("function_to_apply")
+        if function is not None:
+            if function not in ("softmax", "sigmoid", "none"):
+                raise HfParameterError(
+                    422, f"function_to_apply must be softmax, sigmoid or none, not {function!r}"
+                )
+            update["function_to_apply"] = function
+        return lm.spec.model_copy(update=update)
+
+    def hf_answer(self, row: dict[str, Any], columns: dict[str, str], context: HfContext) -> Any:
+        """The top label, or with top_k the k best, as [{label, score}] (the pipeline's shape)."""
+        if row.get(columns["labels"]) is not None:
+            return row[columns["labels"]]
+        return [{"label": row[columns["label"]], "score": row[columns["score"]]}]
 
     def online_fields(self) -> dict[str, Any]:
         return {

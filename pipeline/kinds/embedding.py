@@ -27,7 +27,7 @@ from pydantic import Field
 
 from pipeline.arrow_lists import flat_list, to_list_array
 from pipeline.config import ModelSpec
-from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder
+from pipeline.kinds.base import HfContext, HfParameterError, Kind, KindBatch, KindDecoded, KindDecoder
 
 if TYPE_CHECKING:
     from pipeline.encode import Framing, Tokens
@@ -226,6 +226,51 @@ class Embedding(Kind):
         missing = sum(b.get(col) is not None and a.get(col) is None for a, b in zip(rows, ref, strict=True))
         worst = 0.0 if missing else min(cos, default=1.0)
         return {"cosine_min": round(worst, 6), "cosine_mean": round(float(np.mean(cos)) if cos else 1.0, 6)}
+
+    hf_task = "feature-extraction"
+
+    def hf_spec(self, lm: Any, parameters: dict[str, Any]) -> ModelSpec:
+        """`normalize` per request; the rest of the task's parameters only as the model is."""
+        known = {
+            "normalize",
+            "truncate",
+            "truncation_direction",
+            "dimensions",
+            "prompt_name",
+            "encoding_format",
+        }
+        if unknown := sorted(set(parameters) - known):
+            raise HfParameterError(
+                422, f"unknown parameter(s) {unknown}; feature-extraction takes {sorted(known)}"
+            )
+        spec: EmbeddingSpec = lm.spec
+        p = parameters
+        if p.get("truncate") is False:
+            raise HfParameterError(
+                400,
+                f"texts past {spec.max_length} tokens are truncated or averaged over windows as the model's "
+                f"config says (models.{lm.name}.long_text = {spec.long_text}), not refused",
+            )
+        if p.get("truncation_direction") not in (None, "right", "Right"):
+            raise HfParameterError(400, "truncation keeps a text's start (truncation_direction right)")
+        dim = recipe(lm).dim
+        if p.get("dimensions") is not None and p["dimensions"] != dim:
+            raise HfParameterError(
+                400, f"dimensions: {lm.name}'s vectors have {dim} dimensions, not {p['dimensions']}"
+            )
+        if p.get("prompt_name") is not None:
+            raise HfParameterError(400, "prompt_name: no prompts are configured; put the prompt in the text")
+        if p.get("encoding_format") not in (None, "float"):
+            raise HfParameterError(
+                400, "feature-extraction answers in floats; /v1/embeddings also gives base64"
+            )
+        normalize = p.get("normalize")
+        if normalize is not None and not isinstance(normalize, bool):
+            raise HfParameterError(422, f"normalize must be true or false, not {normalize!r}")
+        return spec.model_copy(update={} if normalize is None else {"normalize": normalize})
+
+    def hf_answer(self, row: dict[str, Any], columns: dict[str, str], context: HfContext) -> Any:
+        return row[columns["embedding"]]
 
     def online_fields(self) -> dict[str, Any]:
         return {"embedding": (list[float] | None, None)}

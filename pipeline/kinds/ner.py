@@ -25,7 +25,15 @@ from pydantic import BaseModel, Field
 from pipeline.agreement import entity_f1, spans
 from pipeline.arrow_lists import flat_list, to_list_array
 from pipeline.config import ModelSpec
-from pipeline.kinds.base import Kind, KindBatch, KindDecoded, KindDecoder, softmax
+from pipeline.kinds.base import (
+    HfContext,
+    HfParameterError,
+    Kind,
+    KindBatch,
+    KindDecoded,
+    KindDecoder,
+    softmax,
+)
 
 if TYPE_CHECKING:
     from pipeline.encode import Framing, Tokens
@@ -448,6 +456,52 @@ class Ner(Kind):
         """Exact-span entity F1 (no entity in either run is full agreement, not an F1 of 0)."""
         gold, pred = spans(ref, columns["entities"]), spans(rows, columns["entities"])
         return {"entity_f1": entity_f1(gold, pred)["f1"] if any(gold) or any(pred) else 1.0}
+
+    hf_task = "token-classification"
+    hf_nests_one = False  # a single text's answer is its list of entities
+
+    def hf_spec(self, lm: Any, parameters: dict[str, Any]) -> ModelSpec:
+        """`aggregation_strategy` and `ignore_labels` per request; `stride` is the config's."""
+        known = {"aggregation_strategy", "ignore_labels", "stride"}
+        if unknown := sorted(set(parameters) - known):
+            raise HfParameterError(
+                422, f"unknown parameter(s) {unknown}; token-classification takes {sorted(known)}"
+            )
+        spec: NerSpec = lm.spec
+        update: dict[str, Any] = {}
+        strategy = parameters.get("aggregation_strategy")
+        if strategy is not None:
+            if strategy not in ("none", "simple", "first", "average", "max"):
+                raise HfParameterError(
+                    422, f"aggregation_strategy must be none, simple, first, average or max, not {strategy!r}"
+                )
+            update["aggregation"] = strategy
+        ignore = parameters.get("ignore_labels")
+        if ignore is not None:
+            if not isinstance(ignore, list) or not all(isinstance(x, str) for x in ignore):
+                raise HfParameterError(422, f"ignore_labels must be a list of labels, not {ignore!r}")
+            update["ignore_labels"] = ignore
+        stride = parameters.get("stride")
+        if stride is not None and stride != spec.stride:
+            raise HfParameterError(
+                400,
+                f"stride is this model's window overlap, set by its config (models.{lm.name}.stride = "
+                f"{spec.stride}); a request cannot change it",
+            )
+        return spec.model_copy(update=update)
+
+    def hf_answer(self, row: dict[str, Any], columns: dict[str, str], context: HfContext) -> Any:
+        """The pipeline's entities: `entity_group` (`entity`, a token's own, without aggregation),
+        score, `word` as transformers spells it (the token, or the group's tokens decoded),
+        start, end."""
+        per_token = context.spec.aggregation == "none"  # type: ignore[attr-defined]
+        out = []
+        for e in row.get(columns["entities"]) or []:
+            tokens = context.tokens(e["start"], e["end"])
+            word = tokens[0] if per_token and tokens else context.decode(tokens)
+            tag = {"entity": e["label"]} if per_token else {"entity_group": e["label"]}
+            out.append({**tag, "score": e["score"], "word": word, "start": e["start"], "end": e["end"]})
+        return out
 
     def online_fields(self) -> dict[str, Any]:
         return {"entities": (list[Entity] | None, None)}
