@@ -54,8 +54,8 @@ def test_a_hostile_corpus_runs_to_the_end_with_a_result_or_an_error_per_id(
     assert_rows_close([rows[i] for i in small], ann.annotate([texts[i] for i in small]))
 
 
-# -- online: a seeded fuzz of every annotate route ------------------------------------------------
-ROUTES = ("/v1/annotate", "/v1/classify", "/v1/ner")
+# -- online: a seeded fuzz of every route that takes a body ------------------------------------
+ROUTES = ("/v1/annotate", "/v1/classify", "/v1/ner", "/models/ner", "/v1/embeddings")
 
 
 @pytest.fixture(scope="module")
