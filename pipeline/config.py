@@ -6,12 +6,13 @@ so a typo in a nightly config fails in the scheduler's log, not after an hour of
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, RootModel, ValidationError, model_validator
@@ -488,7 +489,7 @@ def _explain(exc: ValidationError) -> str:
         where = ".".join(p for p in loc if not _UNION_TAG.search(p)) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(err["loc"])
         elif err["type"] == "union_tag_invalid":
             msg = f"kind must be one of: {', '.join(SPECS)}"
         elif msg.startswith("Value error, "):
@@ -502,3 +503,34 @@ def _explain(exc: ValidationError) -> str:
         or not any(w.startswith(where) and k not in _WRONG_BRANCH for w, _, k in found)
     ]
     return "invalid config: " + "; ".join(dict.fromkeys(lines))
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The config section a field holds, looking inside `X | None` and `int | Range`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """` (did you mean 'batch_size'?)` for an unknown key one typo away from a known one."""
+    model: type[BaseModel] | None = PipelineConfig
+    parts = [str(p) for p in loc if not _UNION_TAG.search(str(p))]
+    i = 0
+    while i < len(parts) - 1 and model is not None:
+        if model is PipelineConfig and parts[i] == "models":
+            # models.<name>.<kind tag>.<key>: the tag is the spec the entry was read as
+            tag = parts[i + 2] if i + 2 < len(parts) - 1 else ""
+            model, i = SPECS.get(tag), i + 3
+            continue
+        field = model.model_fields.get(parts[i])
+        model = _section_model(field.annotation) if field else None
+        i += 1
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

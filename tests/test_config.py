@@ -37,7 +37,13 @@ def test_no_model_is_an_error():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("models.ner.aggregaton=first", "models.ner.aggregaton: unknown key"),
+        ("models.ner.aggregaton=first", "models.ner.aggregaton: unknown key (did you mean 'aggregation'?)"),
+        ("runtime.batch_sise=8", "runtime.batch_sise: unknown key (did you mean 'batch_size'?)"),
+        ("serve.model.num_replica=2", "serve.model.num_replica: unknown key (did you mean 'num_replicas'?)"),
+        (
+            "ray.infer_actors={min: 1, max: 2, mx: 3}",
+            "ray.infer_actors.mx: unknown key (did you mean 'max'?)",
+        ),
         ("models.ner.aggregation=best", "models.ner.aggregation"),
         ("runtime.dtype=fp8", "runtime.dtype"),
         ("runtime.batch_size=0", "runtime.batch_size"),
@@ -55,6 +61,12 @@ def test_bad_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as info:
         PipelineConfig.from_dict(BASE, [override])
     assert key in str(info.value)
+
+
+def test_a_key_far_from_every_known_one_gets_no_guess():
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig.from_dict(BASE, ["runtime.zzz=1"])
+    assert str(info.value) == "invalid config: runtime.zzz: unknown key"
 
 
 def test_overrides_parse_yaml_values():
