@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -294,14 +296,33 @@ def serve_base(ray_cluster):
 
 
 def deploy(cfg_dict: dict, name: str, prefix: str, base: str, timeout: float = 180) -> str:
-    """Deploy the app for a config and wait until /healthz answers; return its base URL."""
+    """Deploy the app for a config and wait until /healthz answers; return its base URL. An app
+    that never gets healthy is deleted: its pending replicas would hold the session cluster's
+    CPUs and starve every later test."""
     from ray import serve
 
     from pipeline import PipelineConfig
     from pipeline.serve import build_app
 
     serve.run(build_app(PipelineConfig.from_dict(cfg_dict)), name=name, route_prefix=prefix, blocking=False)
-    return wait_healthy(base + prefix, name, timeout)
+    try:
+        return wait_healthy(base + prefix, name, timeout)
+    except BaseException:
+        serve.delete(name)
+        raise
+
+
+@contextlib.contextmanager
+def deployed(cfg_dict: dict, name: str, prefix: str, base: str) -> Iterator[str]:
+    """An app for a module's tests, deleted after them: the session cluster has 3 CPUs, and each
+    app left behind holds its replicas' share."""
+    from ray import serve
+
+    url = deploy(cfg_dict, name, prefix, base)
+    try:
+        yield url
+    finally:
+        serve.delete(name)
 
 
 def wait_healthy(url: str, name: str, timeout: float = 180) -> str:

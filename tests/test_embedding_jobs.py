@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import batch_config, deploy, read_output, tiny_config, write_corpus
+from conftest import batch_config, deployed, read_output, tiny_config, write_corpus
 
 from pipeline import Annotator, PipelineConfig, batch
 from pipeline.demo.random_models import minilm_dir
@@ -73,7 +73,8 @@ def app(serve_base, tiny_models, tmp_path_factory):
         "max_texts": 8,
         "max_chars": 2000,
     }
-    return deploy(cfg, "embed", "/embed", serve_base), cfg
+    with deployed(cfg, "embed", "/embed", serve_base) as url:
+        yield url, cfg
 
 
 @pytest.fixture(scope="module")

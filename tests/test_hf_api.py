@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from conftest import deploy, tiny_config
+from conftest import deployed, tiny_config
 
 from pipeline.demo.random_models import minilm_dir
 
@@ -43,7 +43,8 @@ def app(serve_base, tiny_models, tmp_path_factory):
         "api_keys": [KEY],
         "max_texts": 8,
     }
-    return deploy(cfg, "hf", "/hf", serve_base)
+    with deployed(cfg, "hf", "/hf", serve_base) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_rows_close, batch_config, deploy, read_rows, tiny_config
+from conftest import assert_rows_close, batch_config, deployed, read_rows, tiny_config
 from hostile import INVALID_UTF8, fuzz_bodies, hostile_texts, invalid_utf8_column
 
 from pipeline import Annotator, PipelineConfig, batch
@@ -68,7 +68,8 @@ def fuzzed_app(serve_base, tiny_models):
         "max_chars": 5000,
         "max_body_bytes": 200_000,
     }
-    return deploy(cfg, "fuzz", "/fuzz", serve_base)
+    with deployed(cfg, "fuzz", "/fuzz", serve_base) as url:
+        yield url
 
 
 async def _send_all(url: str, bodies: list[bytes], concurrency: int = 8) -> list[tuple[int, bytes, str]]:

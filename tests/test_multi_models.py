@@ -81,8 +81,9 @@ def test_every_named_model_equals_its_hf_pipeline(multi_ann, tiny_models, cased_
 
 
 def test_columns_and_order(multi, tiny_models):
-    legacy = PipelineConfig.from_dict(tiny_config(*tiny_models))
-    assert [f.name for f in output_fields(legacy.models)] == ["label", "label_score", "entities", "error"]
+    # the default names (classifier, ner) take the unprefixed columns
+    defaults = PipelineConfig.from_dict(tiny_config(*tiny_models))
+    assert [f.name for f in output_fields(defaults.models)] == ["label", "label_score", "entities", "error"]
     only_ner = PipelineConfig.from_dict(tiny_config(None, tiny_models[1]))
     assert [f.name for f in output_fields(only_ner.models, "p_")] == [
         "p_label",

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import assert_rows_close, batch_config, deploy, read_output, tiny_config
+from conftest import assert_rows_close, batch_config, deployed, read_output, tiny_config
 
 from pipeline import Annotator, PipelineConfig, batch
 
@@ -31,7 +31,8 @@ def serve_config(tiny_models, **serve) -> dict:
 @pytest.fixture(scope="module")
 def app(serve_base, tiny_models):
     cfg = serve_config(tiny_models, batch_wait_timeout_s=0.05)
-    return deploy(cfg, "main", "/main", serve_base), cfg
+    with deployed(cfg, "main", "/main", serve_base) as url:
+        yield url, cfg
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +205,8 @@ def guarded(serve_base, tiny_models):
         ingress={"num_cpus": 0.25, "max_ongoing_requests": 4, "max_queued_requests": 4},
         retry_after_s=2,
     )
-    return deploy(cfg, "guarded", "/guarded", serve_base)
+    with deployed(cfg, "guarded", "/guarded", serve_base) as url:
+        yield url
 
 
 def test_api_key_required_when_configured(guarded):
