@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig
@@ -216,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p, positional=True)
     p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     p.add_argument("--date", help="fills {date} in paths (default: yesterday, UTC, on the cluster)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="redo a night that already completed")
     p.add_argument("--working-dir", default=".", help="project directory shipped to the cluster")
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p.set_defaults(func=cmd_submit)
@@ -235,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="fine-tune the offline demo models: topic classifier, NER, sentiment (about 2.5 minutes on 2 CPU cores)",
     )
-    p.add_argument("--out", default="models/demo")
+    p.add_argument("--out", default="models/demo", help="where the models are written (default models/demo)")
     p.add_argument("--quick", action="store_true", help="fewer training steps (tests)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.set_defaults(func=cmd_models_demo)
     p = models.add_parser(
         "quantize",
@@ -250,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="timed passes per dtype; the fastest counts")
     p.set_defaults(func=cmd_models_quantize)
     p = models.add_parser("random", help="random-weight classifier + NER pair (tests, benchmarks)")
-    p.add_argument("--out", default="models/random")
-    p.add_argument("--size", choices=["tiny", "minilm", "base"], default="tiny")
+    p.add_argument("--out", default="models/random", help="where the pair is written (default models/random)")
+    p.add_argument(
+        "--size", choices=["tiny", "minilm", "base"], default="tiny", help="model shape (default tiny)"
+    )
     p.set_defaults(func=cmd_models_random)
 
     p = sub.add_parser(
@@ -259,15 +263,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmarks: throughput (vs HF pipelines, Ray Data recipe), serve-load, scale (100k/1M docs), "
         "soak (the online API under load for minutes), embeddings (vs sentence-transformers)",
     )
-    p.add_argument("bench", choices=sorted(BENCHES))
+    p.add_argument("bench", choices=sorted(BENCHES), help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --quick; see --help")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, Kubernetes), handled as Ctrl-C is: the same clean stop."""
+
+    signum = signal.SIGTERM
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped()
+
+
+# What a stop leaves behind, per command: the operator's next step.
+AFTER_STOP = {
+    "run": "what was written stays staged; the same command resumes the night",
+    "serve": "the app was deleted",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+    if args.command in ("run", "serve") and not args.verbose:
+        from pipeline.console import filter_stderr
+
+        filter_stderr()  # Ray's harmless notices that read like crashes (see pipeline.console)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -283,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as exc:  # the store failed: the same command may succeed later
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        after = AFTER_STOP.get(args.command)
+        print(f"stopped ({signal.Signals(signum).name}){': ' + after if after else ''}", file=sys.stderr)
+        # a server asked to stop has done its job; any other command did not finish
+        return 0 if args.command == "serve" else 128 + signum
 
 
 if __name__ == "__main__":

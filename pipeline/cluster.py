@@ -7,6 +7,10 @@ different set-ups.
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+
 # The head's `--system-config` for a night's cluster (cluster.yaml; the bench and test clusters
 # use it too; Ray hands it to every node that joins).
 # - idle_worker_killing_time_threshold_ms: Ray kills a worker process that has been idle 1 s
@@ -54,10 +58,20 @@ def ensure_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray's own INFO lines ("Started a local Ray instance") stay in its log files unless the
+    # command runs with -v; its warnings still show.
+    level = logging.INFO if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.WARNING
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=True)
+        ray.init(address=address or None, log_to_driver=True, logging_level=level)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local": a new instance, never one that a `ray start` left running here (or a dead
+        # one's address file, which ray.init() would wait on for minutes)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        # Ray's core worker installs a crash handler for SIGTERM that dumps a stack trace:
+        # a caller that chose how to stop (the CLI stops as on Ctrl-C) keeps its choice.
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cpu_tasks(configured: int | None) -> int:

@@ -31,9 +31,11 @@ class _Strict(BaseModel):
 class S3Options(_Strict):
     """How to reach S3 or an S3-compatible store. Credentials come from the usual AWS chain, never from here."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    anonymous: bool = False
+    endpoint_url: str | None = Field(
+        None, description="an S3-compatible store; default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS"
+    )
+    region: str | None = Field(None, description="default: the AWS chain's (AWS_DEFAULT_REGION, ...)")
+    anonymous: bool = Field(False, description="unsigned requests, for public buckets")
     max_attempts: int = Field(
         10,
         ge=1,
@@ -186,7 +188,11 @@ class RuntimeConfig(_Strict):
         "for a model that `pipeline models quantize` measured as meeting the quality gate and faster "
         "on this machine. int8 (CPU only, the int8 extra) always quantizes",
     )
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto | cpu | cuda | cuda:N; auto: CUDA if present",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
     parallel_models: bool = Field(
         True,
@@ -264,10 +270,12 @@ class InputConfig(_Strict):
     path: str = Field(
         min_length=1, description="Parquet file, directory, glob or s3:// prefix; {date} is filled"
     )
-    text_column: str = "text"
-    id_column: str = "id"
+    text_column: str = Field("text", description="the column to annotate")
+    id_column: str = Field("id", description="a unique row id: resume and the exactly-once check use it")
     columns: list[str] | None = Field(None, description="pass-through columns; default: all")
-    on_bad_file: Literal["fail", "skip"] = "fail"
+    on_bad_file: Literal["fail", "skip"] = Field(
+        "fail", description="an unreadable file fails the night, or is skipped and listed in the report"
+    )
     check_unique_ids: bool = Field(
         True,
         description="read the id column up front; refuse null or repeated ids (resume needs them unique)",
@@ -277,9 +285,9 @@ class InputConfig(_Strict):
 class OutputConfig(_Strict):
     path: str = Field(min_length=1, description="output directory or s3:// prefix; {date} is filled")
     prefix: str = Field("", description="prefix for the added columns, if input columns clash with them")
-    min_rows_per_file: int = Field(10_000, ge=1)
-    max_rows_per_file: int = Field(200_000, ge=1)
-    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    min_rows_per_file: int = Field(10_000, ge=1, description="rows gathered before a file is written")
+    max_rows_per_file: int = Field(200_000, ge=1, description="rows per file at most")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field("zstd", description="Parquet codec")
     max_error_rate: float = Field(
         0.01,
         ge=0,
@@ -310,14 +318,20 @@ ERROR_LIMITS = ("max_error_rate", "max_input_error_rate")
 class DeploymentOptions(_Strict):
     """Ray Serve knobs of one deployment; `autoscaling` replaces a fixed `num_replicas`."""
 
-    num_replicas: int = Field(1, ge=1)
+    num_replicas: int = Field(1, ge=1, description="replicas when autoscaling is not set")
     autoscaling: dict[str, Any] | None = Field(
         None, description="Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4}"
     )
-    num_cpus: float = Field(1, ge=0)
-    num_gpus: float = Field(0, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(512, ge=-1, description="-1: unbounded; beyond it callers get 503/429")
+    num_cpus: float = Field(1, ge=0, description="CPUs each replica reserves (ingress default 0.5)")
+    num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves (1 for a GPU model replica)")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="requests a replica works on at once (ingress 256, model 128 by default)"
+    )
+    max_queued_requests: int = Field(
+        512,
+        ge=-1,
+        description="requests waiting for a replica (ingress 1024); -1: unbounded; beyond it 503/429",
+    )
 
 
 MODEL_DEPLOYMENT = "Model"  # the Serve deployment that holds the weights (the batch job may borrow it)
@@ -326,10 +340,12 @@ MODEL_DEPLOYMENT = "Model"  # the Serve deployment that holds the weights (the b
 class ServeConfig(_Strict):
     """The online API: limits, auth, batching and the two deployments."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    route_prefix: str = "/"
-    app_name: str = "bert-pipeline"
+    host: str = Field("127.0.0.1", description="HTTP bind address; 0.0.0.0 to serve other machines")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    route_prefix: str = Field("/", description="URL prefix of the app's routes")
+    app_name: str = Field(
+        "bert-pipeline", description="Serve app name; runtime.backend serve finds the app by it"
+    )
     api_keys: list[str] = Field(
         default_factory=list, description="accepted Bearer keys (prefer api_keys_env)"
     )
@@ -338,7 +354,7 @@ class ServeConfig(_Strict):
     )
     max_texts: int = Field(64, ge=1, description="texts per request")
     max_chars: int = Field(100_000, ge=1, description="characters per text")
-    max_body_bytes: int = Field(10_000_000, ge=1)
+    max_body_bytes: int = Field(10_000_000, ge=1, description="request body size; larger get 413")
     max_batch_size: int | None = Field(
         None, ge=1, description="documents per dynamic batch; default runtime.batch_size"
     )
@@ -349,8 +365,16 @@ class ServeConfig(_Strict):
         description="torch threads in a model replica (default runtime.num_threads); it shares "
         "its node with the HTTP proxy and ingress, so fewer threads than the batch job often serve faster",
     )
-    retry_after_s: int = Field(1, ge=0)
-    backpressure_status: Literal[503, 429] = 503
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING",
+        description="Serve's controller, proxy and replicas, in their log files and on the console; "
+        "INFO also shows deployments starting and stopping",
+    )
+    access_log: bool = Field(
+        False, description="a log line per request (written at INFO: needs log_level INFO or DEBUG)"
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header of an overload answer")
+    backpressure_status: Literal[503, 429] = Field(503, description="status of an overload answer")
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
             num_cpus=0.5, max_ongoing_requests=256, max_queued_requests=1024

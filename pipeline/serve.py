@@ -749,12 +749,19 @@ def deployment_options(opts: DeploymentOptions, cfg: PipelineConfig) -> dict[str
         "backpressure_config": BackpressureConfig(
             status_code=cfg.serve.backpressure_status, retry_after_s=cfg.serve.retry_after_s
         ),
+        "logging_config": logging_config(cfg),
     }
     if opts.autoscaling:
         out["autoscaling_config"] = opts.autoscaling
     else:
         out["num_replicas"] = opts.num_replicas
     return out
+
+
+def logging_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """Serve's logging for the app and the proxy: a request's INFO lines cost CPU on every hop
+    and reach the console through the driver, so they are off unless asked for."""
+    return {"log_level": cfg.serve.log_level, "enable_access_log": cfg.serve.access_log}
 
 
 def build_app(cfg: PipelineConfig):
@@ -774,14 +781,16 @@ def app_builder(args: dict[str, Any]):
 
 def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:
     """Deploy on the current Ray cluster (local if none); returns the base URL."""
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(
+        http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=logging_config(cfg)
+    )
     serve.run(build_app(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
     if blocking:
-        print(f"serving on {url} (docs: {url}/docs); Ctrl-C to stop", flush=True)
+        print(f"serving on {url} (docs: {url}/docs); Ctrl-C or SIGTERM to stop", flush=True)
         try:
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
+        finally:
             serve.delete(cfg.serve.app_name)
     return url

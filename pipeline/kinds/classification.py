@@ -43,7 +43,10 @@ class ClassifierSpec(ModelSpec):
     )
     stride: int = Field(0, ge=0, description="window overlap, used when long_text is mean")
     top_k: int | None = Field(None, ge=1, description="also return the top k labels with scores")
-    function_to_apply: Literal["default", "softmax", "sigmoid", "none"] = "default"
+    function_to_apply: Literal["default", "softmax", "sigmoid", "none"] = Field(
+        "default",
+        description="as the HF pipeline: default is sigmoid for one label or multi-label, else softmax",
+    )
 
 
 TOP_LABEL = pa.struct([("label", pa.string()), ("score", pa.float32())])

@@ -44,8 +44,10 @@ Aggregation = Literal["none", "simple", "first", "average", "max"]
 class NerSpec(ModelSpec):
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     kind: Literal["ner"] = "ner"
-    aggregation: Aggregation = "simple"
-    ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
+    aggregation: Aggregation = Field(
+        "simple", description="how tokens become entities, as the HF pipeline's aggregation_strategy"
+    )
+    ignore_labels: list[str] = Field(default_factory=lambda: ["O"], description="labels never reported")
 
 
 ENTITY = pa.struct(

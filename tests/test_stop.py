@@ -1,0 +1,104 @@
+"""SIGTERM (what kill, systemd and Kubernetes send) stops `pipeline run` and `pipeline serve` as
+cleanly as Ctrl-C: one line saying what was left, no stack dump, and a stopped night resumes.
+Their consoles carry none of Ray's INFO lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from conftest import _free_port, batch_config, read_output, tiny_config, write_corpus
+
+# What must never reach an operator's terminal on a clean stop or a normal run.
+CRASH_LOOK = ("Traceback", "SIGTERM received", "*** ", "core_worker.cc")
+RAY_INFO = re.compile(r"\bINFO \S+\.py:\d+ --")  # Ray's own console format
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"ended before the signal:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting:\n{log.read_text()[-3000:]}")
+
+
+def _assert_quiet(text: str) -> None:
+    for sign in CRASH_LOOK:
+        assert sign not in text, f"{sign!r} in the output:\n{text[-3000:]}"
+    assert not RAY_INFO.search(text), f"a Ray INFO line on the console:\n{text[-3000:]}"
+
+
+def test_sigterm_stops_a_night_that_then_resumes(ray_cluster, tiny_models, tmp_path):
+    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=120)
+    out = tmp_path / "out"
+    cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
+    cfg["ray"]["docs_per_batch"] = 50
+    cfg["output"].update(min_rows_per_file=50, max_rows_per_file=100)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "c.yaml")]
+    cmd += ["--address", ray_cluster.address, "--show", "0"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        first = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    staged = out / "_staging" / "data"
+    _wait_for(lambda: staged.exists() and len(list(staged.glob("*.parquet"))) >= 2, 300, first, log)
+    first.send_signal(signal.SIGTERM)  # to the command alone, as Kubernetes does
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    text = log.read_text()
+    assert "stopped (SIGTERM): what was written stays staged; the same command resumes the night" in text
+    _assert_quiet(text)
+    assert not (out / "_SUCCESS").exists()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming" in second.stdout
+    _assert_quiet(second.stdout + second.stderr)
+    assert [r["id"] for r in read_output(out)] == sorted(ids), "each input id exactly once"
+
+
+def test_sigterm_stops_serve_and_deletes_the_app(tiny_models, tmp_path):
+    port = _free_port()
+    cfg = tiny_config(*tiny_models)
+    cfg["cache_dir"] = str(tmp_path / "cache")
+    cfg["serve"] = {"port": port}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, as on a fresh machine
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "serve", str(tmp_path / "s.yaml")],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        import httpx
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(healthy, 240, proc, log)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["hello"]}, timeout=30)
+        assert answer.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "stopped (SIGTERM): the app was deleted" in text
+    _assert_quiet(text)
+    with socket.socket() as s:  # the local Ray and its HTTP proxy went with the command
+        assert s.connect_ex(("127.0.0.1", port)) != 0
