@@ -36,4 +36,4 @@ def parse(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse()))
+    sys.exit(main(parse(), own_process=True))  # `ray job stop` sends SIGTERM: stop as on Ctrl-C

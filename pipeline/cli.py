@@ -286,12 +286,14 @@ AFTER_STOP = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """The command; with `own_process` (the `pipeline` script) it also owns the process's
+    signals and stderr, which a caller of main() in its own process keeps."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
+    if own_process and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
-    if args.command in ("run", "serve") and not args.verbose:
+    if own_process and args.command in ("run", "serve") and not args.verbose:
         from pipeline.console import filter_stderr
 
         filter_stderr()  # Ray's harmless notices that read like crashes (see pipeline.console)
@@ -318,5 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command == "serve" else 128 + signum
 
 
+def entry() -> int:
+    """The `pipeline` script."""
+    return main(sys.argv[1:], own_process=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

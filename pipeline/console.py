@@ -22,6 +22,8 @@ import select
 import subprocess
 import sys
 
+_installed = False  # once per process: a second filter would only chain onto the first
+
 NOISE = ("has constructor arguments in the object store and max_restarts > 0",)
 
 _CHILD = r"""
@@ -50,7 +52,8 @@ for line in sys.stdin.buffer:
 def filter_stderr(noise: tuple[str, ...] = NOISE, drain_timeout_s: float = 5.0) -> bool:
     """Drop lines holding any of `noise` from this process's fd 2 (and its children's) from now
     on. Returns False where it cannot (no fd 2, not POSIX) and changes nothing then."""
-    if os.name != "posix":
+    global _installed
+    if os.name != "posix" or _installed:
         return False
     try:
         os.fstat(2)
@@ -89,4 +92,5 @@ def filter_stderr(noise: tuple[str, ...] = NOISE, drain_timeout_s: float = 5.0) 
             pass
 
     atexit.register(drain)
+    _installed = True
     return True
