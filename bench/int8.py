@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def sentences() -> list[str]:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     texts = sentences()
     ref, fp32_s = timed(Annotator(cfg), texts)
-    results = {"texts": len(texts), "fp32_s": round(fp32_s, 2), "candidates": {}}
+    results: dict[str, Any] = {"texts": len(texts), "fp32_s": round(fp32_s, 2), "candidates": {}}
     for name in names:
         ann = Annotator(cfg)
         start = time.perf_counter()

@@ -19,6 +19,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import cast
 
 import httpx
 from starlette.requests import Request
@@ -85,6 +86,7 @@ def ceiling_app(cfg):
     """Ingress -> handle -> model, shaped like ours but with no encode, model or decode."""
     from fastapi import FastAPI
     from ray import serve
+    from ray.serve.deployment import Deployment
 
     from pipeline.config import MODEL_DEPLOYMENT
     from pipeline.serve import deployment_options
@@ -108,9 +110,15 @@ def ceiling_app(cfg):
         async def healthz(self) -> dict:
             return {"ok": True}
 
-    model = serve.deployment(Echo, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg)).bind()
+    # with **options, serve.deployment's overloads read as the decorator-factory form
+    model = cast(
+        Deployment, serve.deployment(Echo, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg))
+    )
     ingress = serve.ingress(api)(EchoIngress)
-    return serve.deployment(ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg)).bind(model)
+    front = cast(
+        Deployment, serve.deployment(ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg))
+    )
+    return front.bind(model.bind())
 
 
 def run(config: str, seconds: float, levels: list[int], overrides: list[str]) -> dict:
@@ -146,17 +154,17 @@ def run(config: str, seconds: float, levels: list[int], overrides: list[str]) ->
                 flush=True,
             )
         serve.delete(name)
-    summary = {}
+    summary: dict[int, dict[str, float | None]] = {}
     for b, u, c in zip(results["batched"], results["unbatched"], results["ceiling"], strict=True):
-        row = summary[b["concurrency"]] = {
+        ratios = summary[b["concurrency"]] = {
             "batched_over_unbatched_rps": _ratio(b["rps"], u["rps"]),
             "batched_p99_over_p50": _ratio(b["p99_ms"], b["p50_ms"]),
             "ceiling_over_unbatched_rps": _ratio(c["rps"], u["rps"]),
         }
         print(
-            f"c={b['concurrency']:3d}: batched/unbatched rps x{row['batched_over_unbatched_rps']} "
-            f"(HTTP+Serve ceiling/unbatched x{row['ceiling_over_unbatched_rps']}), "
-            f"batched p99/p50 {row['batched_p99_over_p50']}"
+            f"c={b['concurrency']:3d}: batched/unbatched rps x{ratios['batched_over_unbatched_rps']} "
+            f"(HTTP+Serve ceiling/unbatched x{ratios['ceiling_over_unbatched_rps']}), "
+            f"batched p99/p50 {ratios['batched_p99_over_p50']}"
         )
     serve.shutdown()
     return {"config": config, "seconds": seconds, "results": results, "summary": summary}

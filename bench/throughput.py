@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,7 +139,9 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         common = (corpus, cls_dir, ner_dir, args.max_length, args.stride, args.threads)
-        plan: list[tuple[str, str, object, dict]] = []  # (name, dtype, runner, extra kwargs)
+        plan: list[
+            tuple[str, str, Callable[..., dict[str, Any]], dict[str, Any]]
+        ] = []  # (name, dtype, runner, extra kwargs)
         for name in args.contenders:
             if name == "baseline-hf":
                 plan.append((name, "fp32", C.baseline_hf, {}))

@@ -28,7 +28,7 @@ class Annotator:
         self.cfg = cfg
         self.built = built = Engine.build(cfg, models=models)
         self.models, self.encoder, self.decoder = built.models, built.encoder, built.decoder
-        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
+        self.engine: InferenceEngine = built.runner
 
     def annotate(self, texts: Iterable[object] | str) -> list[dict[str, Any]]:
         """Never raises for a bad row: null, non-string or oversized texts come back with `error` set."""

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -77,7 +78,7 @@ def _show_rows(cfg: PipelineConfig, report: dict, n: int) -> None:
         return
     from pipeline.kinds import slots
 
-    text_col, prefix = cfg.input.text_column, cfg.output.prefix  # type: ignore[union-attr]
+    text_col, prefix = cfg.batch_input.text_column, cfg.batch_output.prefix
     shown = [slot for slot in slots(cfg.models) if slot.spec is not None]
     print(f"\nfirst {len(rows)} rows of {files[0]}:")
     for row in rows:
@@ -133,7 +134,7 @@ def cmd_models_random(args: argparse.Namespace) -> int:
 def cmd_models_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import build
 
-    kwargs = {"ner_steps": 80, "cls_steps": 20, "sentiment_steps": 30} if args.quick else {}
+    kwargs: dict[str, Any] = {"ner_steps": 80, "cls_steps": 20, "sentiment_steps": 30} if args.quick else {}
     metrics = build(Path(args.out), progress=not args.no_progress, **kwargs)
     print(json.dumps(metrics))
     return 0
@@ -147,11 +148,11 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     cfg = _load_config(args)
-    source = args.input or cfg.input.path
+    source = args.input or cfg.batch_input.path
     if "{date}" in source:
         print(f"error: the input {source!r} names a night; measure on one with --input PATH", file=sys.stderr)
         return 2
-    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"path": source})})
+    cfg = cfg.model_copy(update={"input": cfg.batch_input.model_copy(update={"path": source})})
     verdicts = int8_gate.measure(cfg, int8_gate.sample_texts(cfg, args.texts), repeats=args.repeats)
     print(int8_gate.summary(verdicts), file=sys.stderr)
     print(json.dumps(verdicts))

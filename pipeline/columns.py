@@ -69,17 +69,25 @@ def columns_to_encoded(table: pa.Table, group_of: dict[str, int]) -> list[Encode
         offs = from_list_array(table.column(offsets_col)) if offsets_col in table.column_names else None
         no_offsets = np.zeros((0, 2), np.int32)
         streams[g] = [
-            None if a is None else Tokens(a, offs[i].reshape(-1, 2) if offs is not None else no_offsets)  # type: ignore[union-attr]
+            None if a is None else Tokens(a, _pairs(offs[i]) if offs is not None else no_offsets)
             for i, a in enumerate(ids)
         ]
     out = []
     for i, err in enumerate(errs):
-        tokens = {name: streams[g][i] for name, g in group_of.items()}
-        if err is not None or any(t is None for t in tokens.values()):
+        found = {name: streams[g][i] for name, g in group_of.items()}
+        tokens = {name: t for name, t in found.items() if t is not None}
+        if err is not None or len(tokens) < len(found):
             out.append(Encoded(error=err or "inference failed: missing tokens"))
         else:
-            out.append(Encoded(tokens))  # type: ignore[arg-type]
+            out.append(Encoded(tokens))
     return out
+
+
+def _pairs(offsets: np.ndarray | None) -> np.ndarray:
+    """A window's flat offsets as (start, end) rows; a row with ids always has its offsets."""
+    if offsets is None:
+        raise ValueError("token ids without their offsets")
+    return offsets.reshape(-1, 2)
 
 
 # -- infer -> decode ----------------------------------------------------------------------

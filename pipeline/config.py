@@ -124,7 +124,7 @@ class ModelsConfig(RootModel[dict[str, ModelSpec]]):
     def items(self):
         return self.root.items()
 
-    def __iter__(self):  # type: ignore[override]  # a mapping's names, not pydantic's fields
+    def __iter__(self):  # a mapping's names, not pydantic's fields
         return iter(self.root)
 
     def __getitem__(self, name: str) -> ModelSpec:
@@ -420,6 +420,19 @@ class PipelineConfig(_Strict):
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
+    @property
+    def batch_input(self) -> InputConfig:
+        """The input section, which the batch job and the int8 measurement need."""
+        if self.input is None:
+            raise ConfigError("this command needs the config's input section")
+        return self.input
+
+    @property
+    def batch_output(self) -> OutputConfig:
+        if self.output is None:
+            raise ConfigError("this command needs the config's output section")
+        return self.output
+
     def for_workers(self) -> dict[str, Any]:
         """This config as plain data for other processes and nodes, with what this process's
         environment decides resolved here (a worker node's environment may lack the variable).
@@ -467,7 +480,7 @@ def relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
     models = data.get("models")
     for spec in models.values() if isinstance(models, dict) else ():
         source = spec.get("source") if isinstance(spec, dict) else None
-        if not local(source):
+        if not isinstance(source, str) or not local(source):
             continue
         hub_like = HUB_ID.match(source) and not source.startswith(".")
         if (base / source).exists() or not hub_like:

@@ -159,11 +159,12 @@ class Encoder:
         wanted = [n for n in self.group_of if names is None or n in names]
         errors = [text_error(t, self.max_chars) for t in texts]
         good = [i for i, e in enumerate(errors) if e is None]
-        good_texts = [texts[i] for i in good]  # type: ignore[misc]
+        good_texts = [str(texts[i]) for i in good]  # text_error let only strings through
         streams = {g: self.groups[g](good_texts) for g in sorted({self.group_of[n] for n in wanted})}
         out: list[Encoded] = [Encoded(error=e) for e in errors]
         for j, i in enumerate(good):
-            tokens = {g: s[j] for g, s in streams.items()}
-            err = next((t for t in tokens.values() if isinstance(t, str)), None)
-            out[i] = Encoded(error=err) if err else Encoded({n: tokens[self.group_of[n]] for n in wanted})  # type: ignore[misc]
+            found = {g: s[j] for g, s in streams.items()}
+            tokens = {g: t for g, t in found.items() if not isinstance(t, str)}
+            err = next((t for t in found.values() if isinstance(t, str)), None)
+            out[i] = Encoded(error=err) if err else Encoded({n: tokens[self.group_of[n]] for n in wanted})
         return out

@@ -39,6 +39,13 @@ class Engine:
         )
 
     @property
+    def runner(self) -> InferenceEngine:
+        """The runner of an engine built with weights."""
+        if self.infer is None:
+            raise RuntimeError("this engine was built without weights: it has no runner")
+        return self.infer
+
+    @property
     def revisions(self) -> dict[str, str]:
         return {name: lm.revision for name, lm in self.models.items()}
 

@@ -71,7 +71,7 @@ class InferActor:
         self.expected = expected or {}
         self.models = built.models
         self.group_of = built.encoder.group_of
-        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
+        self.engine: InferenceEngine = built.runner
         # what each model runs in on this actor (dtype auto may differ between nodes)
         report(tally, {f"{DTYPE_KEY}{name}:{lm.dtype}": 1 for name, lm in self.models.items()})
         log.info(

@@ -28,15 +28,15 @@ def sample_texts(cfg: PipelineConfig, n: int) -> list[str]:
     """The first `n` non-empty texts of the configured input, in file order."""
     import pyarrow.parquet as pq
 
-    fs, path = arrow_filesystem(cfg.input.path, cfg.s3)
+    fs, path = arrow_filesystem(cfg.batch_input.path, cfg.s3)
     texts: list[str] = []
     for file in discover(path, fs):
-        column = pq.read_table(file, columns=[cfg.input.text_column], filesystem=fs).column(0)
+        column = pq.read_table(file, columns=[cfg.batch_input.text_column], filesystem=fs).column(0)
         texts += [t for t in column.to_pylist() if isinstance(t, str) and t.strip()][: n - len(texts)]
         if len(texts) >= n:
             break
     if not texts:
-        raise InputError(f"no texts to measure in {cfg.input.path}")
+        raise InputError(f"no texts to measure in {cfg.batch_input.path}")
     return texts
 
 

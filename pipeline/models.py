@@ -481,7 +481,8 @@ def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[str, Loade
         heap.bound_kernel_caches()
     device = choose_device(cfg.runtime) if weights else None
     dtype = choose_dtype(cfg.runtime, device) if device is not None else None
-    int8: Int8Mode = {"int8": "on", "auto": "verified"}.get(cfg.runtime.dtype, "off")  # type: ignore[assignment]
+    modes: dict[str, Int8Mode] = {"int8": "on", "auto": "verified"}
+    int8 = modes.get(cfg.runtime.dtype, "off")
     cache_dir = default_cache_dir(cfg)
     return {
         name: load_model(

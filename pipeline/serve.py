@@ -23,13 +23,14 @@ import os
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from ray import serve
+from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from pipeline import __version__
@@ -158,7 +159,9 @@ api = FastAPI(
     version=__version__,
     description="BERT topic classification and NER; same models and answers as the nightly batch job.",
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)
+}
 
 
 def _openapi() -> dict[str, Any]:
@@ -183,7 +186,7 @@ def _openapi() -> dict[str, Any]:
     return api.openapi_schema
 
 
-api.openapi = _openapi  # type: ignore[method-assign]
+api.openapi = _openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
 
 
 def _body(shape: type[BaseModel]) -> dict[str, Any]:
@@ -238,12 +241,12 @@ class Model:
             torch.set_num_threads(threads)
         built = Engine.build(cfg)
         self.models = built.models
-        self.engine: InferenceEngine = built.infer  # type: ignore[assignment]
+        self.engine: InferenceEngine = built.runner
         self.max_batch = cfg.serve.max_batch_size or cfg.runtime.batch_size
-        self.infer.set_max_batch_size(self.max_batch)
+        self.infer.set_max_batch_size(self.max_batch)  # type: ignore[attr-defined]  # serve.batch adds it at runtime
         self._lock = asyncio.Lock()  # one forward pass at a time on this replica
         self._inflight = 0
-        self.infer.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
+        self.infer.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]  # as above
         self.batch_sizes: Counter[int] = Counter()
         self._batch_hist = Histogram(
             "bert_pipeline_batch_documents",
@@ -362,13 +365,13 @@ class Ingress:
         self._requests = MetricCounter(
             "bert_pipeline_requests_total",
             description="HTTP requests by endpoint and status",
-            tag_keys=("endpoint", "status"),
+            tag_keys=("endpoint", "status"),  # type: ignore[arg-type]  # Ray annotates a 1-tuple; any length works
         )
         self._item_errors = MetricCounter(
             "bert_pipeline_item_errors_total",
             description="texts answered with a per-item error, by endpoint and kind (input, "
             "tokenization, inference, decode)",
-            tag_keys=("endpoint", "kind"),
+            tag_keys=("endpoint", "kind"),  # type: ignore[arg-type]  # as above
         )
         self.item_errors: Counter[str] = Counter()  # by kind, for /v1/stats
         self._latency = Histogram(
@@ -546,7 +549,9 @@ class Ingress:
             except HfParameterError as exc:
                 raise HttpError(exc.status, f"parameters: {exc}") from None
             one = isinstance(parsed.inputs, str)
-            texts: list[str | None] = self._limit([parsed.inputs] if one else list(parsed.inputs))  # type: ignore[list-item]
+            texts = self._limit(
+                [parsed.inputs] if isinstance(parsed.inputs, str) else list[str | None](parsed.inputs)
+            )
             docs = await asyncio.to_thread(self.encoder.encode, texts, [name])
             inferred = await self._infer(docs)
             if any(inf.revisions.get(name, self.revisions[name]) != self.revisions[name] for inf in inferred):
@@ -767,11 +772,14 @@ def logging_config(cfg: PipelineConfig) -> dict[str, Any]:
 def build_app(cfg: PipelineConfig):
     """The Serve application for a config: Ingress bound to a Model deployment."""
     conf = cfg.for_workers()
-    model = serve.deployment(Model, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg)).bind(
-        conf
+    # with **options, serve.deployment's overloads read as the decorator-factory form
+    model = cast(
+        Deployment, serve.deployment(Model, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg))
     )
-    ingress = serve.deployment(Ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg))
-    return ingress.bind(model, conf)
+    ingress = cast(
+        Deployment, serve.deployment(Ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg))
+    )
+    return ingress.bind(model.bind(conf), conf)
 
 
 def app_builder(args: dict[str, Any]):

@@ -48,7 +48,7 @@ def start(name: str) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Tally.options(name=name, scheduling_strategy=here).remote()  # type: ignore[attr-defined]
+    return Tally.options(name=name, scheduling_strategy=here).remote()  # type: ignore[attr-defined]  # @ray.remote makes the class an ActorClass at runtime
 
 
 _handles: dict[str, object] = {}
@@ -70,11 +70,11 @@ def report(name: str | None, counts: dict[str, float]) -> None:
     """Fire-and-forget: add counts to the run's tally, if the run has one."""
     handle = _handle(name)
     if handle is not None:
-        handle.add.remote(counts)  # type: ignore[attr-defined]
+        handle.add.remote(counts)
 
 
 def note(name: str | None, key: str, item: Any) -> None:
     """Fire-and-forget: keep one note (at most MAX_NOTES per key) in the run's tally."""
     handle = _handle(name)
     if handle is not None:
-        handle.note.remote(key, item)  # type: ignore[attr-defined]
+        handle.note.remote(key, item)

@@ -85,7 +85,13 @@ class ClassDecoded(KindDecoded):
     labels: list[list[dict] | None] | None  # only with top_k
 
     def values(self, role: str) -> list[Any]:
-        return {"label": self.label, "score": self.score, "labels": self.labels}[role]  # type: ignore[return-value]
+        if role == "label":
+            return list(self.label)
+        if role == "score":
+            return list(self.score)
+        if role == "labels":  # a role only with top_k
+            return list(self.labels) if self.labels is not None else [None] * len(self.label)
+        raise KeyError(role)
 
 
 class ClassDecoder(KindDecoder):

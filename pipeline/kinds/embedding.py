@@ -222,7 +222,7 @@ class Embedding(Kind):
             for a, b in zip(rows, ref, strict=True)
             if a.get(col) is not None and b.get(col) is not None
         ]
-        cos = [float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)) for a, b in pairs]
+        cos = [float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12)) for a, b in pairs]
         missing = sum(b.get(col) is not None and a.get(col) is None for a, b in zip(rows, ref, strict=True))
         worst = 0.0 if missing else min(cos, default=1.0)
         return {"cosine_min": round(worst, 6), "cosine_mean": round(float(np.mean(cos)) if cos else 1.0, 6)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -145,7 +145,7 @@ class Entities:
             lo, hi = self.bounds[i], self.bounds[i + 1]
             out.append(
                 [
-                    {"label": lab, "text": text[a:b], "start": a, "end": b, "score": sc}  # type: ignore[index]
+                    {"label": lab, "text": cast(str, text)[a:b], "start": a, "end": b, "score": sc}
                     for lab, a, b, sc in zip(
                         self.label[lo:hi],
                         self.start[lo:hi].tolist(),
@@ -356,10 +356,10 @@ def entities_to_array(found: Entities, keep: np.ndarray, texts: Sequence[object]
         [
             pa.array([found.label[r] for r in rows.tolist()], pa.string()),
             pa.array(
-                [
-                    texts[d][a:b]
+                [  # a row with entities had a str text
+                    cast(str, texts[d])[a:b]
                     for d, a, b in zip(owner.tolist(), starts.tolist(), ends.tolist(), strict=True)
-                ],  # type: ignore[index]
+                ],
                 pa.string(),
             ),
             pa.array(starts.astype(np.int32)),
@@ -496,7 +496,7 @@ class Ner(Kind):
         """The pipeline's entities: `entity_group` (`entity`, a token's own, without aggregation),
         score, `word` as transformers spells it (the token, or the group's tokens decoded),
         start, end."""
-        per_token = context.spec.aggregation == "none"  # type: ignore[attr-defined]
+        per_token = isinstance(context.spec, NerSpec) and context.spec.aggregation == "none"
         out = []
         for e in row.get(columns["entities"]) or []:
             tokens = context.tokens(e["start"], e["end"])
