@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import tiny_config
 
@@ -21,6 +22,7 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.slow  # spawns the command
 def test_annotate_prints_one_json_line_per_text(tiny_models, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(*tiny_models)))
@@ -35,6 +37,7 @@ def test_annotate_prints_one_json_line_per_text(tiny_models, tmp_path):
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 3
 
 
+@pytest.mark.slow  # spawns the command
 def test_config_errors_exit_2_with_the_key(tiny_models, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(*tiny_models)))
@@ -66,6 +69,7 @@ def _relative_project(tmp_path, tiny_models) -> Path:
     return project
 
 
+@pytest.mark.slow  # spawns the command
 def test_a_missing_model_fails_in_one_line_before_ray_starts(tiny_models, tmp_path):
     project = _relative_project(tmp_path, tiny_models)
     elsewhere = tmp_path / "elsewhere"

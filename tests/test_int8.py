@@ -33,6 +33,7 @@ def _entries(cache) -> list[str]:
     return sorted(p.name for p in (cache / "int8").iterdir() if p.is_dir())
 
 
+@pytest.mark.slow  # builds ONNX models
 def test_int8_agrees_with_fp32_and_keeps_row_errors(tiny_models, corpus, tmp_path):
     texts = generated_texts(200) + corpus + [None]
     ref = Annotator(_cfg(tiny_models, tmp_path, "fp32")).annotate(texts)
@@ -56,6 +57,7 @@ def test_int8_agrees_with_fp32_and_keeps_row_errors(tiny_models, corpus, tmp_pat
     assert rows[-1]["error"] is not None and rows[-1]["label"] is None
 
 
+@pytest.mark.slow  # builds ONNX models
 def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp_path, monkeypatch):
     Annotator(_cfg(tiny_models, tmp_path))
     first = _entries(tmp_path)
@@ -87,6 +89,7 @@ def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp
     assert meta["task"] == "ner" and meta["built"].startswith(quantize.RECIPE)
 
 
+@pytest.mark.slow  # builds ONNX models
 def test_auto_runs_int8_only_where_a_verdict_for_this_cpu_says_so(tiny_models, tmp_path):
     def auto_dtypes() -> dict:
         return {t: lm.dtype for t, lm in load_models(_cfg(tiny_models, tmp_path, "auto")).items()}
@@ -125,6 +128,7 @@ def test_int8_without_onnxruntime_is_one_clear_error(tiny_models, tmp_path, monk
     assert "int8" not in {lm.dtype for lm in load_models(_cfg(tiny_models, tmp_path, "auto")).values()}
 
 
+@pytest.mark.slow  # builds ONNX models
 def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_config
 from transformers import AutoConfig, AutoTokenizer
 
@@ -60,6 +61,7 @@ def test_saved_facts_are_what_transformers_reads(tiny_models, cased_ner, corpus)
         ], path
 
 
+@pytest.mark.slow  # spawns fresh worker-like processes
 def test_workers_read_transformers_once_and_then_never_import_it(tiny_models, cased_ner, tmp_path):
     cfg = tiny_config(tiny_models[0], cased_ner) | {"cache_dir": str(tmp_path / "cache")}
     first = light_load(cfg)
@@ -76,6 +78,7 @@ def test_workers_read_transformers_once_and_then_never_import_it(tiny_models, ca
     assert ModelFacts.from_json(saved[0].read_text()) is not None
 
 
+@pytest.mark.slow  # spawns fresh worker-like processes
 def test_a_changed_tokenizer_is_read_again(tiny_models, tmp_path):
     model = tmp_path / "ner"
     shutil.copytree(tiny_models[1], model)

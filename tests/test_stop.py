@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import _free_port, batch_config, read_output, tiny_config, write_corpus
 
@@ -65,6 +66,7 @@ def test_sigterm_stops_a_night_that_then_resumes(ray_cluster, tiny_models, tmp_p
     assert [r["id"] for r in read_output(out)] == sorted(ids), "each input id exactly once"
 
 
+@pytest.mark.slow  # spawns the command and its Ray
 def test_sigterm_stops_serve_and_deletes_the_app(tiny_models, tmp_path):
     port = _free_port()
     cfg = tiny_config(*tiny_models)
