@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -789,6 +790,7 @@ def app_builder(args: dict[str, Any]):
 
 def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:
     """Deploy on the current Ray cluster (local if none); returns the base URL."""
+    logging.getLogger("ray.serve").setLevel(cfg.serve.log_level)  # this process's Serve lines too
     serve.start(
         http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=logging_config(cfg)
     )
@@ -800,5 +802,31 @@ def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:
             while True:
                 time.sleep(3600)
         finally:
-            serve.delete(cfg.serve.app_name)
+            delete_within(cfg.serve.app_name, STOP_TIMEOUT_S)
     return url
+
+
+STOP_TIMEOUT_S = 30.0
+
+
+def delete_within(app: str, timeout_s: float) -> bool:
+    """Delete the app, giving up after `timeout_s`: a stop must end even when the cluster is
+    going down at the same time (systemd sends SIGTERM to every process of the unit, the local
+    Ray's raylet included, and a delete then waits on it forever)."""
+    done = threading.Event()
+
+    def delete() -> None:
+        try:
+            serve.delete(app)
+            done.set()
+        except Exception as exc:  # noqa: BLE001 - reported below as not confirmed
+            log.warning("deleting the app %s failed: %s", app, exc)
+
+    threading.Thread(target=delete, name="serve-delete", daemon=True).start()
+    if not done.wait(timeout_s):
+        log.warning(
+            "the app %s was not confirmed deleted within %.0f s (is the cluster stopping too?)",
+            app,
+            timeout_s,
+        )
+    return done.is_set()
