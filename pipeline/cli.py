@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = models.add_parser(
         "demo",
-        help="fine-tune the offline demo models: topic classifier, NER, sentiment (about 2.5 minutes on 2 CPU cores)",
+        help="fine-tune the offline demo models: topic classifier, NER, sentiment (1-2.5 minutes on 2 CPU cores)",
     )
     p.add_argument("--out", default="models/demo", help="where the models are written (default models/demo)")
     p.add_argument("--quick", action="store_true", help="fewer training steps (tests)")
