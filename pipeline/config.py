@@ -334,6 +334,13 @@ class DeploymentOptions(_Strict):
     )
 
 
+# Each deployment's defaults where they differ from DeploymentOptions': the ingress is light
+# (parsing, tokenizing) and takes many requests; the model holds the weights.
+DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ingress": {"num_cpus": 0.5, "max_ongoing_requests": 256, "max_queued_requests": 1024},
+    "model": {"num_cpus": 1, "max_ongoing_requests": 128},
+}
+
 MODEL_DEPLOYMENT = "Model"  # the Serve deployment that holds the weights (the batch job may borrow it)
 
 
@@ -376,13 +383,27 @@ class ServeConfig(_Strict):
     retry_after_s: int = Field(1, ge=0, description="Retry-After header of an overload answer")
     backpressure_status: Literal[503, 429] = Field(503, description="status of an overload answer")
     ingress: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(
-            num_cpus=0.5, max_ongoing_requests=256, max_queued_requests=1024
-        )
+        default_factory=lambda: DeploymentOptions(**DEPLOYMENT_DEFAULTS["ingress"])
     )
     model: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(num_cpus=1, max_ongoing_requests=128)
+        default_factory=lambda: DeploymentOptions(**DEPLOYMENT_DEFAULTS["model"])
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deployment_defaults(cls, data: Any) -> Any:
+        """A section that sets some keys keeps its deployment's defaults for the others:
+        `serve.model.num_gpus=1` must not reset the model's 128 ongoing requests to 64."""
+        if not isinstance(data, dict):
+            return data
+        return {
+            **data,
+            **{
+                name: {**defaults, **data[name]}
+                for name, defaults in DEPLOYMENT_DEFAULTS.items()
+                if isinstance(data.get(name), dict)
+            },
+        }
 
 
 class PipelineConfig(_Strict):

@@ -29,7 +29,7 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 RECIPE = "ort-dynamic-int8-per-channel-ffn-out-fp32-v2"  # v2: exported by keyword, one named output
-INSTALL_HINT = "runtime.dtype int8 needs ONNX Runtime: pip install 'bert-pipeline[int8]'"
+INSTALL_HINT = "runtime.dtype int8 needs ONNX Runtime: pip install -e '.[int8]' (in the checkout)"
 
 
 class Int8Unavailable(RuntimeError):

@@ -73,15 +73,21 @@ def _section(annotation: Any) -> type[BaseModel] | None:
 def config_reference() -> str:
     rows = ["| key | type | default | |", "| --- | --- | --- | --- |"]
     rows += _rows("models.NAME.", ModelSpec)
+    fields: dict[tuple[str, str, str], Any] = {}
     kinds = " | ".join(SPECS)
     rows[2] = (
         f"| `models.NAME.kind` | {_cell(kinds)} | the name's kind | the names {_cell(_implied())} imply their kind |"
     )
+    own: dict[tuple[str, str, str], list[str]] = {}  # a key that kinds share is one row naming them
     for kind, spec in SPECS.items():
         for name, field in spec.model_fields.items():
             base = ModelSpec.model_fields.get(name)
             if name != "kind" and (base is None or field.default != base.default):
-                rows.append(_row(f"models.NAME.{name}", field, note=f"({kind}) "))
+                key = (name, repr(field.default), field.description or "")
+                own.setdefault(key, []).append(kind)
+                fields[key] = field
+    for key, kinds_ in own.items():
+        rows.append(_row(f"models.NAME.{key[0]}", fields[key], note=f"({', '.join(kinds_)}) "))
     for name, field in PipelineConfig.model_fields.items():
         section = _section(field.annotation)
         if name == "models":

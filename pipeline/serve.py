@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
@@ -784,8 +785,14 @@ def build_app(cfg: PipelineConfig):
 
 
 def app_builder(args: dict[str, Any]):
-    """For `serve run` / `serve deploy` config files: args {config: path, set: [key=value, ...]}."""
-    return build_app(PipelineConfig.from_yaml(args["config"], args.get("set") or []))
+    """For `serve run` / `serve deploy` config files: args {config: path, set: [key=value, ...]}.
+    A relative path is read against the current directory, else against the checkout this
+    package runs from: `serve deploy` builds the app in a Ray worker's directory, not the caller's."""
+    path = Path(args["config"])
+    if not path.is_absolute() and not path.exists():
+        checkout = Path(__file__).resolve().parents[1] / path
+        path = checkout if checkout.exists() else path
+    return build_app(PipelineConfig.from_yaml(path, args.get("set") or []))
 
 
 def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The slow tier: anything that starts Ray (a cluster, a Serve app, a `pipeline run` child) or
 # another process (the moto S3 server, the command itself), builds ONNX models, trains the demo
 # models or kills processes; those not found by fixture are marked where they are defined.
-# `-m "not slow"` is the fast tier (under 2 minutes on 2 cores).
+# `-m "not slow"` is the fast tier (about 30 s on 2 cores).
 SLOW_FIXTURES = {"ray_cluster", "serve_base", "demo_dir", "s3_server"}
 
 

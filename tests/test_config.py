@@ -102,3 +102,11 @@ def test_inference_pool_is_a_size_or_a_range():
     assert grows.ray.actor_pool() == (1, 8)
     pinned = PipelineConfig.from_dict(BASE, ["ray.infer_resources={inference_node: 1}"])
     assert pinned.ray.infer_resources == {"inference_node": 1}
+
+
+def test_a_deployment_section_that_sets_some_keys_keeps_its_defaults_for_the_others():
+    cfg = PipelineConfig.from_dict(BASE, ["serve.model.num_gpus=1", "serve.ingress.num_cpus=0.25"])
+    model, ingress = cfg.serve.model, cfg.serve.ingress
+    assert (model.num_gpus, model.num_cpus, model.max_ongoing_requests) == (1, 1, 128)
+    assert (ingress.num_cpus, ingress.max_ongoing_requests, ingress.max_queued_requests) == (0.25, 256, 1024)
+    assert PipelineConfig.model_validate(cfg.for_workers()).serve == cfg.serve
