@@ -64,7 +64,13 @@ class ModelSpec(_Strict):
     kind: str = Field(description="the model kind (pipeline.kinds.KINDS)")
     source: str = Field(min_length=1, description="local dir, s3://bucket/prefix/ or a hub id")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    max_length: int = Field(512, ge=4, le=8192, description="tokens per window, special tokens included")
+    max_length: int = Field(
+        512,
+        ge=4,
+        le=8192,
+        description="tokens per window, special tokens included; unset, a sentence-transformers "
+        "folder's own max_seq_length",
+    )
     stride: int = Field(128, ge=0, description="tokens shared by neighbouring windows (overlap, not step)")
     allow_pickle: bool = Field(False, description="allow pytorch_model.bin (pickle) weights")
 
@@ -347,7 +353,11 @@ MODEL_DEPLOYMENT = "Model"  # the Serve deployment that holds the weights (the b
 class ServeConfig(_Strict):
     """The online API: limits, auth, batching and the two deployments."""
 
-    host: str = Field("127.0.0.1", description="HTTP bind address; 0.0.0.0 to serve other machines")
+    host: str = Field(
+        "127.0.0.1",
+        description="HTTP bind address of `pipeline serve` (0.0.0.0 to serve other machines); under "
+        "`serve deploy` the Serve config file's http_options decide host, port and route",
+    )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     route_prefix: str = Field("/", description="URL prefix of the app's routes")
     app_name: str = Field(
@@ -414,7 +424,9 @@ class PipelineConfig(_Strict):
     input: InputConfig | None = None
     output: OutputConfig | None = None
     serve: ServeConfig = Field(default_factory=ServeConfig)
-    cache_dir: str | None = Field(None, description="model cache; default ~/.cache/bert-pipeline")
+    cache_dir: str | None = Field(
+        None, description="model cache; default $BERT_PIPELINE_CACHE, else ~/.cache/bert-pipeline"
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:

@@ -123,7 +123,7 @@ def test_int8_on_a_gpu_is_refused(tiny_models, tmp_path, monkeypatch):
 
 def test_int8_without_onnxruntime_is_one_clear_error(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setattr(quantize, "available", lambda: False)
-    with pytest.raises(ModelLoadError, match=r"pip install 'bert-pipeline\[int8\]'"):
+    with pytest.raises(ModelLoadError, match=r"pip install -e '\.\[int8\]'"):
         load_models(_cfg(tiny_models, tmp_path))
     assert "int8" not in {lm.dtype for lm in load_models(_cfg(tiny_models, tmp_path, "auto")).values()}
 
