@@ -404,7 +404,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(
             "  warning: models ran in more than one dtype on different actors: "
             + ", ".join(f"{task} {'/'.join(d)}" for task, d in mixed.items())
-            + " (dtype auto follows each node's int8 verdict: set runtime.dtype outright for one)"
+            + " (dtype auto follows each CPU model's tuned verdict: set runtime.engine and runtime.dtype outright for one)"
         )
     if report.get("oom_splits"):
         lines.append(

@@ -140,21 +140,17 @@ def cmd_models_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_quantize(args: argparse.Namespace) -> int:
-    from pipeline import int8_gate
-    from pipeline.quantize import INSTALL_HINT, available
+def cmd_models_tune(args: argparse.Namespace) -> int:
+    from pipeline import tune
 
-    if not available():
-        print(f"error: {INSTALL_HINT}", file=sys.stderr)
-        return 2
     cfg = _load_config(args)
     source = args.input or cfg.batch_input.path
     if "{date}" in source:
         print(f"error: the input {source!r} names a night; measure on one with --input PATH", file=sys.stderr)
         return 2
     cfg = cfg.model_copy(update={"input": cfg.batch_input.model_copy(update={"path": source})})
-    verdicts = int8_gate.measure(cfg, int8_gate.sample_texts(cfg, args.texts), repeats=args.repeats)
-    print(int8_gate.summary(verdicts), file=sys.stderr)
+    verdicts = tune.measure(cfg, tune.sample_texts(cfg, args.texts), repeats=args.repeats)
+    print(tune.summary(verdicts), file=sys.stderr)
     print(json.dumps(verdicts))
     return 0
 
@@ -243,15 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.set_defaults(func=cmd_models_demo)
     p = models.add_parser(
-        "quantize",
-        help="build the int8 models of a config and measure them against fp32 and bf16 on its input; "
-        "runtime.dtype auto then runs int8 only where it meets the quality gate and is faster here",
+        "tune",
+        aliases=["quantize"],
+        help="measure every engine and dtype this CPU can run (torch fp32 and native bf16, ONNX Runtime "
+        "fp32 and int8) on the config's input, against torch fp32's answers; runtime.dtype auto then "
+        "runs the fastest that holds the quality gate on this CPU model",
     )
     with_config(p, positional=True)
     p.add_argument("--input", help="Parquet texts to measure on (default: the config's input)")
     p.add_argument("--texts", type=int, default=500, help="how many texts (default 500)")
-    p.add_argument("--repeats", type=int, default=2, help="timed passes per dtype; the fastest counts")
-    p.set_defaults(func=cmd_models_quantize)
+    p.add_argument("--repeats", type=int, default=2, help="timed passes per variant; the fastest counts")
+    p.set_defaults(func=cmd_models_tune)
     p = models.add_parser("random", help="random-weight classifier + NER pair (tests, benchmarks)")
     p.add_argument("--out", default="models/random", help="where the pair is written (default models/random)")
     p.add_argument(

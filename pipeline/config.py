@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, RootModel, ValidationError, model_validator
 
 DType = Literal["auto", "fp32", "fp16", "bf16", "int8"]
+Engine = Literal["auto", "torch", "onnxruntime"]
 
 
 class ConfigError(ValueError):
@@ -190,9 +191,15 @@ class RuntimeConfig(_Strict):
     )
     dtype: DType = Field(
         "auto",
-        description="auto: fp16 on GPU; on CPU bf16 where the CPU has native bf16, else fp32, or int8 "
-        "for a model that `pipeline models quantize` measured as meeting the quality gate and faster "
-        "on this machine. int8 (CPU only, the int8 extra) always quantizes",
+        description="auto: fp16 on GPU; on CPU the engine and dtype `pipeline models tune` measured "
+        "as the fastest that holds the quality gate on this CPU model, and without a verdict bf16 "
+        "where the CPU has native bf16, else fp32. int8: CPU only, the onnxruntime engine (the int8 "
+        "extra), always quantizes",
+    )
+    engine: Engine = Field(
+        "auto",
+        description="torch | onnxruntime (CPU only, fp32 or int8, the int8 extra) | auto: onnxruntime "
+        "for int8; with dtype auto, the tuned verdict's engine; else torch",
     )
     device: str = Field(
         "auto",
@@ -216,6 +223,14 @@ class RuntimeConfig(_Strict):
         description="batch job's infer stage: its own actor pool, or the Model deployment of the "
         "running Serve app serve.app_name (one GPU pool for both)",
     )
+
+    @model_validator(mode="after")
+    def _engine_runs_dtype(self) -> RuntimeConfig:
+        if self.engine == "torch" and self.dtype == "int8":
+            raise ValueError("dtype int8 runs on the onnxruntime engine: set engine onnxruntime (or auto)")
+        if self.engine == "onnxruntime" and self.dtype in ("fp16", "bf16"):
+            raise ValueError(f"the onnxruntime engine runs fp32 or int8, not {self.dtype}")
+        return self
 
 
 class ActorRange(_Strict):

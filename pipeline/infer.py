@@ -164,7 +164,7 @@ class ModelRunner:
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = pad_id
         self.max_length = max_length
-        # a transformers model or pipeline.quantize.OrtModel has .device; a bare nn.Module, its parameters
+        # a transformers model or pipeline.ort_engine.OrtModel has .device; a bare nn.Module, its parameters
         device = getattr(model, "device", None)
         self.device = device if device is not None else next(model.parameters()).device
         # Tensor cores want multiples of 8; a CPU wants few distinct shapes (CPU_ROW_MULTIPLE).
@@ -349,9 +349,11 @@ class ModelThreads:
 
         import torch
 
+        from pipeline.models import threads_per_model
+
         total = torch.get_num_threads()
         on_cpu = all(r.device.type == "cpu" for r in runners.values())
-        each = max(1, total // len(names)) if on_cpu else total
+        each = threads_per_model(total, len(names), parallel=on_cpu)
         if each == 1 or not on_cpu:  # each forward's CPU work is its own thread's: count that alone
             for runner in runners.values():
                 runner.cpu_clock = time.thread_time

@@ -73,11 +73,11 @@ class InferActor:
         self.group_of = built.encoder.group_of
         self.engine: InferenceEngine = built.runner
         # what each model runs in on this actor (dtype auto may differ between nodes)
-        report(tally, {f"{DTYPE_KEY}{name}:{lm.dtype}": 1 for name, lm in self.models.items()})
+        report(tally, {f"{DTYPE_KEY}{name}:{lm.runs_as}": 1 for name, lm in self.models.items()})
         log.info(
             "inference actor ready on %s (%s; pid %d)",
             next(iter(self.engine.runners.values())).device,
-            ", ".join(f"{name} {lm.dtype}" for name, lm in self.models.items()),
+            ", ".join(f"{name} {lm.runs_as}" for name, lm in self.models.items()),
             os.getpid(),
         )
 

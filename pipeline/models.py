@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Int8Mode = Literal["off", "on", "verified"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NEVER_FETCH = (".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
 
@@ -52,6 +51,14 @@ class LoadedModel:
     tokenizer: Any = field(repr=False, default=None)  # the HF tokenizer; None without weights
     model: Any = None  # None when loaded without weights (encode/decode workers)
     dtype: str | None = None  # what the weights run in: fp32, bf16, fp16, int8; None without weights
+    engine: str | None = None  # torch or onnxruntime; None without weights
+
+    @property
+    def runs_as(self) -> str | None:
+        """What reports and /v1/stats show: the dtype, prefixed `ort-` on ONNX Runtime."""
+        if self.dtype is None:
+            return None
+        return f"ort-{self.dtype}" if self.engine == "onnxruntime" else self.dtype
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -75,7 +82,7 @@ class LoadedModel:
             "revision": self.revision,
             "labels": [self.id2label[i] for i in sorted(self.id2label)],
             "max_length": self.spec.max_length,
-        } | ({"dtype": self.dtype} if self.dtype else {})
+        } | ({"dtype": self.dtype, "engine": self.engine} if self.dtype else {})
 
 
 def default_cache_dir(cfg: PipelineConfig | None = None) -> Path:
@@ -310,7 +317,7 @@ def choose_device(runtime: RuntimeConfig) -> torch.device:
 
 
 def choose_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype:
-    """The dtype weights load in; int8 loads fp32 weights and quantizes them (pipeline.quantize)."""
+    """The torch dtype for a dtype name or auto; int8 reads fp32 weights to quantize (pipeline.ort_engine)."""
     import torch
 
     named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
@@ -332,17 +339,17 @@ def load_model(
     *,
     s3: S3Options,
     cache_dir: Path,
+    runtime: RuntimeConfig | None = None,
     device: torch.device | None = None,
-    dtype: torch.dtype | None = None,
     weights: bool = True,
-    int8: Int8Mode = "off",
+    threads: int | None = None,
 ) -> LoadedModel:
     """Resolve, check and load one model's tokenizer and config, and its weights when asked.
 
     Encode and decode steps need only the tokenizer and labels (`weights=False`): CPU
-    workers never spend memory or time on weights they do not run. `int8`: "on" quantizes
-    (CPU only), "verified" quantizes only where `pipeline models quantize` measured that
-    int8 meets the quality gate and is faster on this machine (what `dtype: auto` asks).
+    workers never spend memory or time on weights they do not run. The engine and dtype are
+    `choose_variant`'s; `threads` is what an ONNX Runtime session may use (torch's own
+    setting otherwise).
     """
     path, revision = resolve_source(spec, s3, cache_dir)
     if not (path / "config.json").is_file():
@@ -354,21 +361,25 @@ def load_model(
     facts, tokenizer = _read_facts(path, spec.source)
     loaded = _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts, tokenizer))
     device = device or _cpu()
-    if _use_int8(int8, loaded, device, cache_dir):
-        from pipeline.quantize import int8_model
+    engine, dtype = choose_variant(runtime or RuntimeConfig(), device, loaded, cache_dir)
+    if engine == "onnxruntime":
+        from pipeline.ort_engine import ort_model
 
-        # fp32 weights are read only when this revision has no cached int8 build yet
-        loaded.model = int8_model(
-            lambda: _load_weights(spec, path, device, None),
+        # fp32 weights are read only when this revision has no cached ONNX build yet
+        loaded.model = ort_model(
+            lambda: _load_weights(spec, path, device, None, attention="eager"),
             loaded.cache_name,
             revision,
             cache_dir,
+            dtype=dtype,
+            threads=threads,
             output=spec.output_name,
         )
-        loaded.dtype = "int8"
+        loaded.dtype = dtype
     else:
-        loaded.model = _load_weights(spec, path, device, dtype)
+        loaded.model = _load_weights(spec, path, device, torch_dtype(dtype))
         loaded.dtype = dtype_name(loaded.model.dtype)
+    loaded.engine = engine
     return loaded
 
 
@@ -438,24 +449,47 @@ def _cpu() -> torch.device:
     return torch.device("cpu")
 
 
-def _use_int8(mode: Int8Mode, loaded: LoadedModel, device: torch.device, cache_dir: Path) -> bool:
-    from pipeline import quantize
+def choose_variant(
+    runtime: RuntimeConfig, device: torch.device, loaded: LoadedModel, cache_dir: Path
+) -> tuple[str, str]:
+    """(engine, dtype) for one model. An explicit engine or dtype wins; `dtype: auto` on a CPU
+    follows the verdict `pipeline models tune` measured for this revision on this CPU model,
+    and without one runs torch in the float dtype the CPU is fast at."""
+    from pipeline import ort_engine
 
-    if mode == "off":
-        return False
+    engine: str = runtime.engine
+    dtype: str = runtime.dtype
     if device.type != "cpu":
-        if mode == "on":
-            raise ModelLoadError("runtime.dtype int8 runs on CPU only; use fp16 (or auto) on a GPU")
-        return False
-    if mode == "on":
-        if not quantize.available():
-            raise ModelLoadError(quantize.INSTALL_HINT)
-        return True
-    verdict = quantize.read_verdict(loaded.cache_name, loaded.revision, cache_dir, cpu_name())
-    return bool(verdict and verdict.get("use_int8"))
+        if engine == "onnxruntime" or dtype == "int8":
+            raise ModelLoadError(
+                f"the onnxruntime engine and int8 run on CPU only; use engine torch, dtype fp16 (or auto) on {device.type}"
+            )
+        return "torch", dtype_name(choose_dtype(runtime, device))
+    if dtype == "auto":
+        verdict = ort_engine.read_verdict(loaded.cache_name, loaded.revision, cache_dir, cpu_name())
+        picks = (verdict or {}).get("best_by_engine", {})
+        pick = picks.get(engine) if engine != "auto" else (verdict or {}).get("choice")
+        if pick:
+            engine, dtype = pick["engine"], pick["dtype"]
+        else:
+            engine = "torch" if engine == "auto" else engine
+            dtype = "fp32" if engine == "onnxruntime" else dtype_name(choose_dtype(runtime, device))
+    elif engine == "auto":
+        engine = "onnxruntime" if dtype == "int8" else "torch"
+    if engine == "onnxruntime" and not ort_engine.available():
+        raise ModelLoadError(ort_engine.INSTALL_HINT)
+    return engine, dtype
 
 
-def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None):
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _load_weights(
+    spec: ModelSpec, path: Path, device: torch.device, dtype: torch.dtype | None, attention: str = "sdpa"
+):
     import torch
     import transformers
 
@@ -466,7 +500,7 @@ def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torc
             trust_remote_code=False,
             use_safetensors=None if spec.allow_pickle else True,
             dtype=dtype or torch.float32,
-            attn_implementation="sdpa",
+            attn_implementation=attention,
         )
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(
@@ -475,18 +509,33 @@ def _load_weights(spec: ModelSpec, path: Path, device: torch.device, dtype: torc
     return model.to(device).eval()
 
 
+def threads_per_model(total: int, models: int, parallel: bool) -> int:
+    """Each model's share of the process's CPU threads when the models run side by side (at
+    least one each), so the process runs no more threads at once than one after the other."""
+    return max(1, total // models) if parallel and models > 1 else total
+
+
 def load_models(cfg: PipelineConfig, *, weights: bool = True) -> dict[str, LoadedModel]:
-    """Load every configured model on the device and dtype the runtime section asks for."""
+    """Load every configured model on the device, engine and dtype the runtime section asks for."""
     if weights:
         heap.bound_kernel_caches()
     device = choose_device(cfg.runtime) if weights else None
-    dtype = choose_dtype(cfg.runtime, device) if device is not None else None
-    modes: dict[str, Int8Mode] = {"int8": "on", "auto": "verified"}
-    int8 = modes.get(cfg.runtime.dtype, "off")
+    threads = None
+    if weights:
+        import torch
+
+        threads = threads_per_model(torch.get_num_threads(), len(cfg.models), cfg.runtime.parallel_models)
     cache_dir = default_cache_dir(cfg)
     return {
         name: load_model(
-            name, spec, s3=cfg.s3, cache_dir=cache_dir, device=device, dtype=dtype, weights=weights, int8=int8
+            name,
+            spec,
+            s3=cfg.s3,
+            cache_dir=cache_dir,
+            runtime=cfg.runtime,
+            device=device,
+            weights=weights,
+            threads=threads,
         )
         for name, spec in cfg.models.items()
     }

@@ -259,7 +259,7 @@ class Model:
         self.encoder, self.decoder, self.described = built.encoder, built.decoder, built.describe()
         self._probe = built.encoder.encode(["health check"])
         device = next(iter(self.engine.runners.values())).device
-        dtypes = sorted({lm.dtype for lm in self.models.values() if lm.dtype})
+        dtypes = sorted({lm.runs_as for lm in self.models.values() if lm.runs_as})
         self.device = f"{device} {'/'.join(dtypes)}"
 
     @serve.batch(

@@ -31,13 +31,15 @@ def _texts(corpus: list[str]) -> list[str]:
     return corpus + [("The Federal Reserve left rates unchanged on Wednesday. " * 120).strip()]
 
 
-def _embedder(minilm: str, tmp_path, **spec) -> Annotator:
+def _embedder(minilm: str, tmp_path, engine: str = "torch", **spec) -> Annotator:
     cfg = {
         "models": {"embedding": {"source": minilm, **spec}},
-        "runtime": {"dtype": "fp32", "batch_size": 8, "num_threads": 1},
+        "runtime": {"dtype": "fp32", "engine": engine, "batch_size": 8, "num_threads": 1},
         "cache_dir": str(tmp_path / "cache"),
     }
-    return Annotator(PipelineConfig.from_dict(cfg))
+    ann = Annotator(PipelineConfig.from_dict(cfg))
+    assert ann.models["embedding"].engine == engine
+    return ann
 
 
 def _close(got: np.ndarray, ref: np.ndarray) -> None:
@@ -46,9 +48,10 @@ def _close(got: np.ndarray, ref: np.ndarray) -> None:
     assert np.abs(got - ref).max() <= 1e-4, np.abs(got - ref).max()
 
 
-def test_vectors_equal_sentence_transformers(minilm, st_model, corpus, tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_vectors_equal_sentence_transformers(minilm, st_model, corpus, tmp_path, engine):
     texts = _texts(corpus)
-    ann = _embedder(minilm, tmp_path)
+    ann = _embedder(minilm, tmp_path, engine)
     rows = ann.annotate(texts)
     assert all(r["error"] is None for r in rows)
     got = np.array([r["embedding"] for r in rows], np.float32)
@@ -68,9 +71,11 @@ def test_vectors_equal_sentence_transformers(minilm, st_model, corpus, tmp_path)
     assert "labels" not in described
 
 
-@pytest.mark.parametrize("pooling, normalize", [("cls", False), ("max", True)])
+@pytest.mark.parametrize(
+    "pooling, normalize, engine", [("cls", False, "torch"), ("max", True, "onnxruntime")]
+)
 def test_config_pooling_and_normalize_override_the_models_and_still_equal_the_reference(
-    minilm, corpus, tmp_path, pooling, normalize
+    minilm, corpus, tmp_path, pooling, normalize, engine
 ):
     from sentence_transformers import SentenceTransformer, models
 
@@ -80,7 +85,7 @@ def test_config_pooling_and_normalize_override_the_models_and_still_equal_the_re
     reference = SentenceTransformer(
         modules=modules + ([models.Normalize()] if normalize else []), device="cpu"
     )
-    ann = _embedder(minilm, tmp_path, pooling=pooling, normalize=normalize, max_length=128)
+    ann = _embedder(minilm, tmp_path, engine, pooling=pooling, normalize=normalize, max_length=128)
     got = np.array([r["embedding"] for r in ann.annotate(texts)], np.float32)
     _close(got, reference.encode(texts, convert_to_numpy=True))
     assert ann.describe()["embedding"]["pooling"] == pooling

@@ -1,10 +1,10 @@
-"""`runtime.dtype: int8`: ONNX Runtime int8 models built once per revision, agreeing with fp32,
-and `dtype: auto` choosing int8 only where a measured verdict says so.
+"""The onnxruntime engine: fp32 and int8 graphs built once per revision, int8 agreeing with fp32,
+and `dtype: auto` choosing an engine and dtype only where this CPU's measured verdict says so.
 
 The tiny random models have near-flat classifier outputs (top-label margins of about 0.001),
 so their labels flip under any quantization; on them the gate is looser than the product's
 (entity F1 >= 0.95, classifier top score within 0.03 of fp32). The product's gate (labels
->= 99%, F1 >= 0.98) is measured on real models by `pipeline models quantize`.
+>= 99%, F1 >= 0.98) is measured on real models by `pipeline models tune`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from conftest import batch_config, read_output, tiny_config, write_corpus
 from test_dtype import generated_texts
 
-from pipeline import Annotator, PipelineConfig, batch, cli, models, quantize
+from pipeline import Annotator, PipelineConfig, batch, cli, models, ort_engine
 from pipeline.demo.random_models import minilm_dir
 from pipeline.kinds import agreement
 from pipeline.models import ModelLoadError, cpu_name, load_models
@@ -30,7 +30,7 @@ def _cfg(tiny_models, cache, dtype="int8", **kw) -> PipelineConfig:
 
 
 def _entries(cache) -> list[str]:
-    return sorted(p.name for p in (cache / "int8").iterdir() if p.is_dir())
+    return sorted(p.name for p in (cache / "onnx").iterdir() if p.is_dir())
 
 
 @pytest.mark.slow  # builds ONNX models
@@ -62,16 +62,23 @@ def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp
     Annotator(_cfg(tiny_models, tmp_path))
     first = _entries(tmp_path)
     assert [e.split("-")[0] for e in first] == ["classifier", "ner"]
-    built = {e: (tmp_path / "int8" / e / "model.onnx").stat().st_mtime_ns for e in first}
+    built = {e: (tmp_path / "onnx" / e / "int8.onnx").stat().st_mtime_ns for e in first}
+    assert all((tmp_path / "onnx" / e / "fp32.onnx").exists() for e in first), (
+        "int8 is quantized from the fused fp32"
+    )
 
     def no_fp32(*args):
-        raise AssertionError("a cached int8 build must not read the fp32 weights again")
+        raise AssertionError("a cached build must not read the fp32 weights again")
 
     with monkeypatch.context() as m:
         m.setattr(models, "_load_weights", no_fp32)
         again = Annotator(_cfg(tiny_models, tmp_path))
     assert {lm.dtype for lm in again.models.values()} == {"int8"}
-    assert {e: (tmp_path / "int8" / e / "model.onnx").stat().st_mtime_ns for e in first} == built
+    assert {e: (tmp_path / "onnx" / e / "int8.onnx").stat().st_mtime_ns for e in first} == built
+    with monkeypatch.context() as m:  # the fp32 graph was built on the way: no export either
+        m.setattr(models, "_load_weights", no_fp32)
+        fp32 = Annotator(_cfg(tiny_models, tmp_path, "fp32", runtime__engine="onnxruntime"))
+    assert {lm.runs_as for lm in fp32.models.values()} == {"ort-fp32"}
 
     # new weights under the same directory are a new revision: a new build, the old one untouched
     changed = tmp_path / "models"
@@ -85,51 +92,64 @@ def test_int8_build_is_cached_per_revision_and_library_versions(tiny_models, tmp
     Annotator(_cfg((changed / "classifier", changed / "ner"), tmp_path))
     after = _entries(tmp_path)
     assert len(after) == 3 and set(first) < set(after)
-    meta = json.loads((tmp_path / "int8" / (set(after) - set(first)).pop() / "build.json").read_text())
-    assert meta["task"] == "ner" and meta["built"].startswith(quantize.RECIPE)
+    meta = json.loads((tmp_path / "onnx" / (set(after) - set(first)).pop() / "build.json").read_text())
+    assert meta["task"] == "ner" and meta["built"].startswith(ort_engine.RECIPE)
+    assert meta["fused"]["Attention"] == 2 and meta["fused"]["SkipLayerNormalization"] == 4, meta["fused"]
 
 
 @pytest.mark.slow  # builds ONNX models
-def test_auto_runs_int8_only_where_a_verdict_for_this_cpu_says_so(tiny_models, tmp_path):
-    def auto_dtypes() -> dict:
-        return {t: lm.dtype for t, lm in load_models(_cfg(tiny_models, tmp_path, "auto")).items()}
+def test_auto_runs_what_this_cpus_verdict_chose(tiny_models, tmp_path):
+    def auto(engine: str = "auto") -> dict:
+        cfg = _cfg(tiny_models, tmp_path, "auto", runtime__engine=engine)
+        return {t: lm.runs_as for t, lm in load_models(cfg).items()}
 
-    floats = auto_dtypes()
-    assert "int8" not in floats.values(), "no verdict: auto never guesses int8"
+    floats = auto()
+    assert set(floats.values()) <= {"fp32", "bf16"}, "no verdict: auto runs torch, never guesses"
+    assert set(auto("onnxruntime").values()) == {"ort-fp32"}, "no verdict on that engine: its fp32"
     revisions = {
         t: lm.revision for t, lm in load_models(_cfg(tiny_models, tmp_path, "fp32"), weights=False).items()
     }
+    ort_int8 = {"engine": "onnxruntime", "dtype": "int8"}
+    torch_fp32 = {"engine": "torch", "dtype": "fp32"}
+    best = {"torch": torch_fp32, "onnxruntime": ort_int8}
     for verdict, expected in (
-        ({"use_int8": True, "cpu": cpu_name()}, "int8"),
-        ({"use_int8": True, "cpu": "another CPU"}, floats["ner"]),
-        ({"use_int8": False, "cpu": cpu_name()}, floats["ner"]),
+        ({"choice": ort_int8, "best_by_engine": best, "cpu": cpu_name()}, "ort-int8"),
+        ({"choice": ort_int8, "best_by_engine": best, "cpu": "another CPU"}, floats["ner"]),
+        ({"choice": torch_fp32, "best_by_engine": best, "cpu": cpu_name()}, "fp32"),
     ):
-        shutil.rmtree(tmp_path / "int8", ignore_errors=True)
-        quantize.write_verdict("ner", revisions["ner"], tmp_path, verdict)
-        assert auto_dtypes() == {"classifier": floats["classifier"], "ner": expected}, verdict
-
-    # one verdict per CPU model: a shared cache_dir serves nodes of several kinds
-    quantize.write_verdict("ner", revisions["ner"], tmp_path, {"use_int8": True, "cpu": "another CPU"})
-    assert auto_dtypes()["ner"] == floats["ner"], "this CPU's own (negative) verdict still holds"
+        ort_engine.write_verdict("ner", revisions["ner"], tmp_path, verdict)
+        assert auto() == {"classifier": floats["classifier"], "ner": expected}, verdict
+        if verdict["cpu"] != "another CPU":
+            ort_engine._verdict_file("ner", revisions["ner"], tmp_path, cpu_name()).unlink()
+    # a config that fixes the engine takes that engine's best
+    ort_engine.write_verdict(
+        "ner", revisions["ner"], tmp_path, {"choice": torch_fp32, "best_by_engine": best, "cpu": cpu_name()}
+    )
+    assert auto("onnxruntime")["ner"] == "ort-int8"
+    assert auto("torch")["ner"] == "fp32"
+    # an explicit dtype wins over any verdict
+    assert {lm.runs_as for lm in load_models(_cfg(tiny_models, tmp_path, "fp32")).values()} == {"fp32"}
 
 
 def test_int8_on_a_gpu_is_refused(tiny_models, tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(models, "choose_device", lambda runtime: torch.device("meta"))
-    with pytest.raises(ModelLoadError, match="int8 runs on CPU only"):
+    with pytest.raises(ModelLoadError, match="int8 run on CPU only"):
         load_models(_cfg(tiny_models, tmp_path))
 
 
 def test_int8_without_onnxruntime_is_one_clear_error(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr(quantize, "available", lambda: False)
+    monkeypatch.setattr(ort_engine, "available", lambda: False)
     with pytest.raises(ModelLoadError, match=r"pip install -e '\.\[int8\]'"):
         load_models(_cfg(tiny_models, tmp_path))
-    assert "int8" not in {lm.dtype for lm in load_models(_cfg(tiny_models, tmp_path, "auto")).values()}
+    with pytest.raises(ModelLoadError, match=r"pip install -e '\.\[int8\]'"):
+        load_models(_cfg(tiny_models, tmp_path, "fp32", runtime__engine="onnxruntime"))
+    assert {lm.engine for lm in load_models(_cfg(tiny_models, tmp_path, "auto")).values()} == {"torch"}
 
 
 @pytest.mark.slow  # builds ONNX models
-def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, capsys):
+def test_tune_command_measures_every_variant_and_auto_follows_it(tiny_models, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -138,29 +158,37 @@ def test_quantize_command_measures_and_records_verdicts(tiny_models, tmp_path, c
     cfg["models"]["embedding"] = {"source": str(minilm_dir())}  # a kind with its own gate: cosine
     cfg |= {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "cache_dir": "cache"}
     (tmp_path / "night.yaml").write_text(json.dumps(cfg))
-    assert (
-        cli.main(["models", "quantize", str(tmp_path / "night.yaml"), "--texts", "40", "--repeats", "1"]) == 0
-    )
+    assert cli.main(["models", "tune", str(tmp_path / "night.yaml"), "--texts", "40", "--repeats", "1"]) == 0
     out = capsys.readouterr()
     verdicts = json.loads(out.out)
     assert set(verdicts) == {"classifier", "ner", "embedding"}
     assert verdicts["embedding"]["gate"] == {"cosine_min": 0.99}
-    assert verdicts["embedding"]["dtypes"]["fp32"]["cosine_min"] == 1.0
-    assert 0.9 < verdicts["embedding"]["dtypes"]["int8"]["cosine_min"] < 1.0
+    assert verdicts["embedding"]["variants"]["torch fp32"]["cosine_min"] == 1.0
+    assert verdicts["embedding"]["variants"]["onnxruntime fp32"]["cosine_min"] >= 0.99999
+    assert 0.9 < verdicts["embedding"]["variants"]["onnxruntime int8"]["cosine_min"] < 1.0
+    expected = {"torch fp32", "onnxruntime fp32", "onnxruntime int8"}
+    expected |= {"torch bf16"} if models.cpu_has_fast_bf16() else set()
     for task, v in verdicts.items():
-        assert v["texts"] == 40 and set(v["dtypes"]) == {"fp32", "bf16", "int8"}
-        assert v["use_int8"] == (v["meets_gate"] and v["faster"])
+        assert v["texts"] == 40 and set(v["variants"]) == expected
+        assert ("torch bf16" in v["skipped"]) == (not models.cpu_has_fast_bf16())
+        chosen = v["variants"][f"{v['choice']['engine']} {v['choice']['dtype']}"]
+        assert chosen["meets_gate"] and chosen["faster"]
+        fastest = max(
+            (x for x in v["variants"].values() if x["meets_gate"] and x["faster"]),
+            key=lambda x: x["speed_vs_torch_fp32"],
+        )
+        assert chosen == fastest, "the fastest variant that holds the gate and beats torch fp32"
         written = Path(v["path"])
-        assert (tmp_path / "cache" / "int8") in written.parents, "relative cache_dir: beside the config"
+        assert (tmp_path / "cache" / "onnx") in written.parents, "relative cache_dir: beside the config"
         assert json.loads(written.read_text()) == {k: x for k, x in v.items() if k != "path"}
-        assert f"{task} (" in out.err and "dtype auto runs" in out.err
-    assert verdicts["ner"]["dtypes"]["fp32"]["entity_f1"] == 1.0
+        assert f"{task} (" in out.err and "dtype auto runs" in out.err and "onnxruntime int8" in out.err
+    assert verdicts["ner"]["variants"]["onnxruntime fp32"]["entity_f1"] == 1.0
     # and the verdicts drive dtype auto on this machine
     auto = tiny_config(*tiny_models, runtime__dtype="auto") | {"cache_dir": str(tmp_path / "cache")}
     auto["models"]["embedding"] = cfg["models"]["embedding"]
-    ran = {t: lm.dtype for t, lm in load_models(PipelineConfig.from_dict(auto)).items()}
+    ran = {t: (lm.engine, lm.dtype) for t, lm in load_models(PipelineConfig.from_dict(auto)).items()}
     for task, v in verdicts.items():
-        assert (ran[task] == "int8") == v["use_int8"], (task, ran, v)
+        assert ran[task] == (v["choice"]["engine"], v["choice"]["dtype"]), (task, ran, v)
 
 
 def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(
@@ -171,7 +199,7 @@ def test_int8_batch_job_runs_int8_on_the_actors_and_agrees_with_in_process(
     cfg["runtime"]["dtype"] = "int8"
     report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     assert report["status"] == "complete" and report["output_rows"] == 200
-    assert report["model_dtypes"] == {"classifier": ["int8"], "ner": ["int8"]}
+    assert report["model_dtypes"] == {"classifier": ["ort-int8"], "ner": ["ort-int8"]}
     rows = read_output(tmp_path / "out")
     assert len(_entries(tmp_path / "cache")) == 2, "one build per model, shared by the node's actors"
     in_process = Annotator(PipelineConfig.from_dict(cfg)).annotate([r["text"] for r in rows])
@@ -206,7 +234,7 @@ def test_int8_behind_serve_over_http(serve_base, tiny_models, tmp_path):
     try:
         texts = generated_texts(24)
         got = httpx.post(url + "/v1/annotate", json={"texts": texts}, timeout=60).json()["results"]
-        assert httpx.get(url + "/v1/stats", timeout=30).json()["device"] == "cpu int8"
+        assert httpx.get(url + "/v1/stats", timeout=30).json()["device"] == "cpu ort-int8"
     finally:
         serve.delete("int8app")
     ref = Annotator(PipelineConfig.from_dict(cfg)).annotate(texts)

@@ -1,4 +1,5 @@
-"""Our labels, scores, entities and offsets equal Hugging Face pipelines on the same model."""
+"""Our labels, scores, entities and offsets equal Hugging Face pipelines on the same model, on
+both engines: torch fp32 and ONNX Runtime fp32 (its fused graph)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from hf_reference import assert_entities_equal, hf_classify, hf_ner
 from pipeline import Annotator, PipelineConfig
 
 
-@pytest.fixture(scope="module")
-def annotators(tiny_models):
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def annotators(request, tiny_models, tmp_path_factory):
     cache = {}
+    builds = tmp_path_factory.mktemp("onnx-builds")
 
     def get(**over) -> Annotator:
         key = tuple(sorted(over.items()))
         if key not in cache:
-            cache[key] = Annotator(PipelineConfig.from_dict(tiny_config(*tiny_models, **over)))
+            cfg = tiny_config(*tiny_models, runtime__engine=request.param, **over) | {
+                "cache_dir": str(builds)
+            }
+            ann = cache[key] = Annotator(PipelineConfig.from_dict(cfg))
+            assert {lm.engine for lm in ann.models.values()} == {request.param}
         return cache[key]
 
     return get
@@ -68,8 +74,9 @@ def test_classification_top_k_equals_hf(tiny_models, corpus, annotators):
         assert row["label"] == expected[0]["label"]
 
 
-def test_separate_tokenizers_still_equal_hf(tiny_models, cased_ner, corpus):
-    cfg = tiny_config(tiny_models[0], cased_ner)
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_separate_tokenizers_still_equal_hf(tiny_models, cased_ner, corpus, engine, tmp_path):
+    cfg = tiny_config(tiny_models[0], cased_ner, runtime__engine=engine) | {"cache_dir": str(tmp_path)}
     ann = Annotator(PipelineConfig.from_dict(cfg))
     assert not ann.encoder.shared, "a cased tokenizer must not share the uncased stream"
     ref = hf_ner(cased_ner, max_length=32, stride=8, aggregation="simple")(corpus)
