@@ -140,7 +140,12 @@ def _config(
     threads: int,
     device: str,
     batch_size: int = 32,
+    cache_dir: Path | None = None,
 ):
+    """`dtype` names a variant: fp32, bf16, auto, or ort-fp32 / ort-int8 for the onnxruntime engine."""
+    engine, _, name = dtype.rpartition("-")
+    runtime = {"batch_size": batch_size, "dtype": name, "device": device, "num_threads": threads}
+    runtime["engine"] = {"ort": "onnxruntime", "": "auto"}[engine]
     return {
         "models": {
             "classifier": {"source": str(cls_dir), "max_length": max_length},
@@ -151,8 +156,8 @@ def _config(
                 "aggregation": "simple",
             },
         },
-        "runtime": {"batch_size": batch_size, "dtype": dtype, "device": device, "num_threads": threads},
-    }
+        "runtime": runtime,
+    } | ({"cache_dir": str(cache_dir)} if cache_dir else {})
 
 
 def _our_rows(ids, rows) -> list[dict[str, Any]]:
@@ -177,11 +182,12 @@ def ours_annotator(
     device="cpu",
     batch_size=32,
     max_batch_tokens=None,
+    cache_dir=None,
 ) -> dict:
     from pipeline import Annotator, PipelineConfig
 
     table = pq.read_table(str(corpus))
-    cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, device, batch_size)
+    cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, device, batch_size, cache_dir)
     if max_batch_tokens:
         cfg["runtime"]["max_batch_tokens"] = max_batch_tokens
     ann = Annotator(PipelineConfig.from_dict(cfg))
@@ -197,14 +203,16 @@ def ours_annotator(
         "rows": _our_rows(table.column("id").to_pylist(), rows),
         "real_tokens": after["real_tokens"] - before["real_tokens"],
         "padded_tokens": after["padded_tokens"] - before["padded_tokens"],
-        "dtype": next(iter(ann.models.values())).dtype,
+        "dtype": "/".join(sorted({lm.runs_as or "" for lm in ann.models.values()})),
     }
 
 
-def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, dtype="auto") -> dict:
+def ours_run(
+    corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, dtype="auto", cache_dir=None
+) -> dict:
     from pipeline import PipelineConfig, batch
 
-    cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, "cpu")
+    cfg = _config(cls_dir, ner_dir, max_length, stride, dtype, threads, "cpu", cache_dir=cache_dir)
     cfg["ray"] = {"infer_actors": 1, "cpus_per_actor": 1, "cpus_per_task": 0.5, "docs_per_batch": 256}
     cfg["input"] = {"path": str(corpus)}
     cfg["output"] = {"path": str(out), "min_rows_per_file": 100_000, "max_rows_per_file": 1_000_000}
@@ -222,6 +230,6 @@ def ours_run(corpus, cls_dir, ner_dir, max_length, stride, threads, out: Path, d
         "real_tokens": report["tokens"],
         "padded_tokens": report["padded_tokens"],
         "startup_s": report["startup_s"],  # Ray start, workers, model load: fixed, not per document
-        # what the inference actors ran (dtype auto may follow an int8 verdict)
+        # what the inference actors ran (dtype auto follows the tuned verdict)
         "dtype": "/".join(sorted({d for ds in report["model_dtypes"].values() for d in ds})),
     }

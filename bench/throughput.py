@@ -30,7 +30,8 @@ from bench.measure import (
     padded_in_order,
     sequence_flops,
 )
-from pipeline.quantize import available
+from pipeline.models import cpu_has_fast_bf16, cpu_name
+from pipeline.ort_engine import available
 
 DEFAULT_DOCS = {"tiny": 24, "minilm": 256, "base": 64}  # the full run stays under 10 minutes here
 ALL = ["baseline-hf", "baseline-raydata", "ours-run", "ours-annotator"]
@@ -125,9 +126,12 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     peaks = Peaks(args.quick, args.threads)
     results = []
-    int8 = ["int8"] if available() else []  # the int8 extra (ONNX Runtime) installed
-    if not int8:
-        print("int8 rows skipped: install the int8 extra (pip install 'bert-pipeline[int8]')")
+    ort = ["ort-fp32", "ort-int8"] if available() else []  # the int8 extra (ONNX Runtime) installed
+    if not ort:
+        print("onnxruntime rows skipped: install the int8 extra (pip install -e '.[int8]')")
+    # bf16 only where it is native: emulated (AVX2-only CPUs) it is several times slower than fp32
+    bf16 = ["bf16"] if cpu_has_fast_bf16() else []
+    print(f"CPU: {cpu_name()}, {args.threads} threads; native bf16: {bool(bf16)}")
     for size in args.models:
         corpus = write_parquet(
             out / f"corpus-{size}", args.docs or DEFAULT_DOCS[size], seed=args.seed, mix=args.mix
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         common = (corpus, cls_dir, ner_dir, args.max_length, args.stride, args.threads)
+        cache = out / "cache"  # ONNX builds and the tuned verdict that auto follows, for this run only
+        verdict = tune_pair(common, cache, min(args.tune_docs, work["docs"]))
         plan: list[
             tuple[str, str, Callable[..., dict[str, Any]], dict[str, Any]]
         ] = []  # (name, dtype, runner, extra kwargs)
@@ -148,11 +154,14 @@ def run(args: argparse.Namespace) -> dict:
             elif name == "baseline-raydata":
                 plan.append((name, "fp32", C.baseline_raydata, {}))
             elif name == "ours-annotator":
-                plan += [(name, dt, C.ours_annotator, {"dtype": dt}) for dt in ("fp32", "bf16", *int8)]
+                plan += [
+                    (name, dt, C.ours_annotator, {"dtype": dt, "cache_dir": cache})
+                    for dt in ("fp32", *bf16, *ort, "auto")
+                ]
             elif name == "ours-run":
                 plan += [
-                    (name, dt, C.ours_run, {"dtype": dt, "out": out / f"run-{size}-{dt}"})
-                    for dt in ("auto", *([] if args.quick else int8))
+                    (name, dt, C.ours_run, {"dtype": dt, "out": out / f"run-{size}-{dt}", "cache_dir": cache})
+                    for dt in ("fp32", "auto")
                 ]
         ref = None
         for name, dtype, runner, extra in plan:
@@ -164,7 +173,9 @@ def run(args: argparse.Namespace) -> dict:
             row = {
                 "model": size,
                 "contender": name,
-                "dtype": r.get("dtype", dtype),
+                "dtype": dtype,
+                "ran": r.get("dtype", dtype),
+                "tuned": verdict,
                 "docs": work["docs"],
                 "wall_s": round(r["wall_s"], 2),
                 "docs_per_s": round(work["docs"] / r["wall_s"], 2),
@@ -181,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
             row["_rows"] = r["rows"]
             results.append(row)
             print(
-                f"  {name:17s} {row['dtype']:4s} {row['docs_per_s']:8.2f} docs/s {row['tokens_per_s']:8d} tok/s "
+                f"  {name:17s} {row['dtype']:8s} ({row['ran']}) {row['docs_per_s']:8.2f} docs/s {row['tokens_per_s']:8d} tok/s "
                 f"pad {row['padding_efficiency']:.1%} {row['model_gflops']:7.1f} model GFLOP/s "
                 f"mem {row['peak_mem_mib']} MiB"
                 + (f" (start-up {row['startup_s']}s)" if row["startup_s"] else ""),
@@ -196,9 +207,10 @@ def run(args: argparse.Namespace) -> dict:
         row.pop("_rows", None)
         # int8 has no float matmul peak to divide by; a "peak" the model itself beats is no peak
         # (bf16 on a CPU without native bf16: torch's bare matmul takes a slower path than Linear)
-        peak = best.get(row["dtype"])
+        peak = best.get(row["dtype"].removeprefix("ort-"))
         row["mfu"] = round(row["model_gflops"] / peak, 4) if peak and row["model_gflops"] <= peak else None
     report = {
+        "cpu": cpu_name(),
         "peaks_gflops": best,
         "forward_ceiling": peaks.ceilings(),
         "args": vars(args),
@@ -221,24 +233,34 @@ def ratios(results: list[dict]) -> dict[str, dict[str, float | None]]:
     for size in dict.fromkeys(r["model"] for r in results):
         get = {(r["contender"], r["dtype"]): r["docs_per_s"] for r in results if r["model"] == size}
         hf, rd = get.get(("baseline-hf", "fp32")), get.get(("baseline-raydata", "fp32"))
-        best = max([v for (c, _), v in get.items() if c == "ours-annotator"], default=None)
         fp32 = get.get(("ours-annotator", "fp32"))
-        bf16, int8 = get.get(("ours-annotator", "bf16")), get.get(("ours-annotator", "int8"))
         runs = [v for (c, _), v in get.items() if c == "ours-run"]
-        run_int8 = get.get(("ours-run", "int8"))
-        run_float = max([v for (c, d), v in get.items() if c == "ours-run" and d != "int8"], default=None)
-
         out[size] = {
-            "ours_best_over_hf": ratio(best, hf),
+            "ours_auto_over_hf": ratio(get.get(("ours-annotator", "auto")), hf),
             "ours_fp32_over_hf": ratio(fp32, hf),
-            "ours_bf16_over_fp32": ratio(bf16, fp32),
-            "ours_int8_over_fp32": ratio(int8, fp32),
-            "ours_int8_over_bf16": ratio(int8, bf16),
-            "ours_int8_over_hf": ratio(int8, hf),
+            "ours_bf16_over_fp32": ratio(get.get(("ours-annotator", "bf16")), fp32),
+            "ort_fp32_over_torch_fp32": ratio(get.get(("ours-annotator", "ort-fp32")), fp32),
+            "ort_int8_over_torch_fp32": ratio(get.get(("ours-annotator", "ort-int8")), fp32),
+            "ours_auto_over_torch_fp32": ratio(get.get(("ours-annotator", "auto")), fp32),
+            "ours_run_auto_over_hf": ratio(get.get(("ours-run", "auto")), hf),
+            "ours_run_auto_over_run_fp32": ratio(get.get(("ours-run", "auto")), get.get(("ours-run", "fp32"))),
             "ours_run_over_raydata": ratio(max(runs, default=None), rd),
-            "ours_run_int8_over_float": ratio(run_int8, run_float),
         }
     return out
+
+
+def tune_pair(common: tuple, cache: Path, docs: int) -> dict[str, str]:
+    """`pipeline models tune` on the first `docs` texts of this corpus, written where the auto
+    rows read it: what auto then runs, per model."""
+    from pipeline import PipelineConfig, tune
+
+    corpus, cls_dir, ner_dir, max_length, stride, threads = common
+    cfg = C._config(cls_dir, ner_dir, max_length, stride, "auto", threads, "cpu", cache_dir=cache)
+    cfg["input"] = {"path": str(corpus)}
+    pc = PipelineConfig.from_dict(cfg)
+    verdicts = tune.measure(pc, tune.sample_texts(pc, docs), repeats=1)
+    print(tune.summary(verdicts), flush=True)
+    return {task: f"{v['choice']['engine']} {v['choice']['dtype']}" for task, v in verdicts.items()}
 
 
 def print_table(report: dict) -> None:
@@ -261,6 +283,7 @@ def print_table(report: dict) -> None:
         "model",
         "contender",
         "dtype",
+        "ran",
         "docs_per_s",
         "tokens_per_s",
         "padding_efficiency",
@@ -306,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--stride", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tune-docs", type=int, default=64, help="texts `pipeline models tune` measures on first")
     p.add_argument("--out", default="out/bench")
     p.add_argument("--model-cache", default="models/bench")
     p.add_argument("--quick", action="store_true", help="smoke size: tiny models, few documents")

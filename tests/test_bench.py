@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.models import cpu_has_fast_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,12 +43,16 @@ def test_throughput_bench_smoke(ray_cluster, tmp_path):
     report = json.loads((tmp_path / "bench" / "throughput.json").read_text())
     rows = {(r["contender"], r["dtype"]) for r in report["results"]}
     assert {("baseline-hf", "fp32"), ("baseline-raydata", "fp32"), ("ours-annotator", "fp32")} <= rows
-    assert {("ours-annotator", "bf16"), ("ours-annotator", "int8")} <= rows
-    assert report["ratios"]["tiny"]["ours_int8_over_fp32"] > 0
+    assert {("ours-annotator", v) for v in ("ort-fp32", "ort-int8", "auto")} <= rows
+    assert (("ours-annotator", "bf16") in rows) == cpu_has_fast_bf16(), "bf16 only where it is native"
+    assert report["ratios"]["tiny"]["ort_fp32_over_torch_fp32"] > 0
     for r in report["results"]:
         assert r["docs_per_s"] > 0 and 0 < r["padding_efficiency"] <= 1
-        if r["dtype"] == "fp32":  # same answers: speed is never bought with wrong ones
+        if r["dtype"] in ("fp32", "ort-fp32"):  # same answers: speed is never bought with wrong ones
             assert r["label_agree"] == 1.0 and r["entity_agree"] == 1.0, r
+    (auto,) = [r for r in report["results"] if r["dtype"] == "auto"]
+    tuned = {v.replace("onnxruntime ", "ort-").replace("torch ", "") for v in auto["tuned"].values()}
+    assert auto["ran"] == "/".join(sorted(tuned)), "auto runs what the tune chose"
     assert (tmp_path / "bench" / "throughput.png").stat().st_size > 1000
     assert "| model | contender |" in done.stdout
 
