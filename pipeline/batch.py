@@ -27,6 +27,7 @@ from pipeline.ray_data import Processor
 from pipeline.ray_data import lineage as processor_lineage
 from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.row_errors import ErrorBudgetExceeded, ErrorCounts, listed, over_budget
+from pipeline.startup import Phases
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
 from pipeline.tally import DTYPE_KEY, MODEL_KEY
 
@@ -56,6 +57,8 @@ def run(
 ) -> dict[str, Any]:
     """Run (or resume, or skip) one night. Returns the run report."""
     started = time.time()
+    phases = Phases()
+    phases.mark("run_called", started)
     if cfg.input is None or cfg.output is None:
         raise ConfigError("the batch job needs the input and output sections")
     date = date or yesterday_utc()
@@ -70,6 +73,7 @@ def run(
         )
         return {**pub.report(), "status": "already_complete"}
     meta = lineage(cfg, date)  # checks every model, before Ray starts or anything is cleared
+    phases.mark("models_checked")
     if overwrite:
         pub.clear()
 
@@ -78,9 +82,11 @@ def run(
     for skipped in inputs.skipped:
         echo(f"skipping bad input file {skipped['path']}: {skipped['reason']}")
     columns = _columns(cfg, inputs.schema.names)
+    phases.mark("inputs_listed")
     counts: dict[str, Any] = {}
     if not pub.written():
         ensure_ray(address or cfg.ray.address)
+        phases.mark("ray_ready")
         if cfg.runtime.backend == "serve":  # before any work: the app must hold these very models
             from pipeline.infer_stage import check_served_models
 
@@ -91,6 +97,7 @@ def run(
             with quiet_ray_data_console():
                 checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
             counts["id_check_s"] = checked.seconds
+            phases.mark("ids_checked")
     revisions = {name: m["revision"] for name, m in meta["models"].items()}
     resumed = pub.begin(
         {"config_hash": meta["config_hash"], "date": date, "input": in_path, "models": revisions}
@@ -109,6 +116,10 @@ def run(
     first = counts.pop("first_infer_at", None)
     if first:
         counts["startup_s"] = first - started
+        phases.mark("first_infer", first)
+    for key in [k for k in counts if k.endswith("_at")]:  # the stages' own moments (see infer_stage)
+        phases.mark(key.removesuffix("_at"), counts.pop(key))
+    counts["startup"] = phases.report()
     report = _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed)
     files = pub.data_files()
     errors = night_errors(out_fs, files, id_col, f"{cfg.output.prefix}error")
@@ -195,6 +206,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
     from pipeline.tally import start as start_tally
 
     assert cfg.input is not None and cfg.output is not None
+    dataset_started = time.time()
     tally_name = f"bert-pipeline-tally-{uuid.uuid4().hex[:12]}"
     tally = start_tally(tally_name)
     ctx = DataContext.get_current()
@@ -256,6 +268,7 @@ def _execute(cfg, inputs, in_fs, columns, meta, pub: Publisher, out_fs, todo: in
                 raise ours from None  # one clear line, not the remote traceback
         counts: dict[str, Any] = ray.get(tally.get.remote())
         counts.update(ray.get(tally.get_notes.remote()))
+        counts["dataset_started_at"] = dataset_started
         return counts
     finally:
         for name, value in previous.items():
@@ -333,6 +346,8 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "forward_s": round(counts.get("forward_s", 0.0), 2),
         "forward_cpu_s": round(counts.get("forward_cpu_s", 0.0), 2),
         "startup_s": round(counts["startup_s"], 2) if "startup_s" in counts else None,
+        # seconds from the process's start to the end of each start-up phase
+        "startup": counts.get("startup"),
         "id_check_s": round(counts["id_check_s"], 2) if "id_check_s" in counts else None,
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
         "oom_splits": int(counts.get("oom_splits", 0)),
@@ -381,6 +396,11 @@ def summary(report: dict[str, Any]) -> str:
         f"  output: {report['output']} ({report.get('output_files', '?')} files, "
         f"{report.get('output_rows', '?')} rows; input rows {report['input_rows']})",
     ]
+    phases = report.get("startup") or {}
+    if "first_infer" in phases and phases.get("run_called", 99) < 30:  # a command, not a long-lived caller
+        lines.append(
+            "  start-up, seconds from the command: " + ", ".join(f"{k} {v}" for k, v in phases.items())
+        )
     if len(report.get("per_model") or {}) > 1:
         lines.append(
             "  per model: "

@@ -25,6 +25,7 @@ from pipeline.engine import Engine
 from pipeline.infer import InferenceEngine
 from pipeline.revisions import check_revisions
 from pipeline.stages import light_engine, with_inferred
+from pipeline.startup import process_started_at
 from pipeline.tally import DTYPE_KEY, MODEL_KEY, report
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class InferActor:
         tally: str | None = None,
         expected: dict[str, dict[str, str]] | None = None,
     ) -> None:
+        entered = time.time()
         import ray
         import torch
 
@@ -72,8 +74,17 @@ class InferActor:
         self.models = built.models
         self.group_of = built.encoder.group_of
         self.engine: InferenceEngine = built.runner
-        # what each model runs in on this actor (dtype auto may differ between nodes)
+        # what each model runs in on this actor (dtype auto may differ between nodes), and when
+        # the first actor's process started and was ready (the run report's start-up phases)
         report(tally, {f"{DTYPE_KEY}{name}:{lm.runs_as}": 1 for name, lm in self.models.items()})
+        report(
+            tally,
+            {
+                "first_actor_process_at": process_started_at(),
+                "first_actor_init_at": entered,
+                "first_actor_ready_at": time.time(),
+            },
+        )
         log.info(
             "inference actor ready on %s (%s; pid %d)",
             next(iter(self.engine.runners.values())).device,

@@ -15,7 +15,7 @@ import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,6 @@ class LoadedModel:
     path: Path
     revision: str
     facts: ModelFacts = field(repr=False)  # tokenizer, labels, scoring: what encode and decode read
-    tokenizer: Any = field(repr=False, default=None)  # the HF tokenizer; None without weights
     model: Any = None  # None when loaded without weights (encode/decode workers)
     dtype: str | None = None  # what the weights run in: fp32, bf16, fp16, int8; None without weights
     engine: str | None = None  # torch or onnxruntime; None without weights
@@ -59,6 +58,12 @@ class LoadedModel:
         if self.dtype is None:
             return None
         return f"ort-{self.dtype}" if self.engine == "onnxruntime" else self.dtype
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The HF tokenizer, read when first asked for: encoding runs on `facts.tokenizer`, so
+        an inference actor never pays for transformers' tokenizer import and load."""
+        return load_tokenizer(self.path, self.spec.source)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -355,11 +360,11 @@ def load_model(
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model source {spec.source} has no config.json")
     check_weights_safe(path, spec.allow_pickle)
-    if not weights:  # transformers (and torch with it) is imported only where facts are not saved yet
-        facts = saved_facts(path, revision, cache_dir, lambda: _read_facts(path, spec.source)[0])
-        return _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts))
-    facts, tokenizer = _read_facts(path, spec.source)
-    loaded = _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts, tokenizer))
+    # transformers is imported only where facts are not saved yet, or to load torch weights
+    facts = saved_facts(path, revision, cache_dir, lambda: _read_facts(path, spec.source)[0])
+    loaded = _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts))
+    if not weights:
+        return loaded
     device = device or _cpu()
     engine, dtype = choose_variant(runtime or RuntimeConfig(), device, loaded, cache_dir)
     if engine == "onnxruntime":

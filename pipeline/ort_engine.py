@@ -225,6 +225,9 @@ class OrtModel:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # warnings about unused initializers, once per session
+        # no spin-waiting between operators: on a node where encode and decode tasks share the
+        # cores, a spinning thread takes CPU they need
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.dtype = dtype
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
