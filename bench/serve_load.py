@@ -1,13 +1,14 @@
 """Closed-loop HTTP load on the Serve API: requests/s and p50/p99 at several concurrencies,
-with and without dynamic batching, measured side by side in one run.
+side by side in one run: classification alone (`/v1/classify`, the config's classifiers
+only) and every model (`/v1/annotate`).
 
     python -m bench.serve_load --config examples/local.yaml --seconds 10 --concurrency 1 16 64
 
-Each client sends one single-text request, waits for the answer, sends the next. A third
-variant, `ceiling`, is the same two-deployment Serve app with no model work at all: its
-requests/s is the most any model could reach through HTTP + Serve on this machine, so
-`ceiling / unbatched` bounds what dynamic batching can gain here. A benchmark, not a test: it
-prints figures and ratios and never fails on timing.
+Each client sends one single-text request, waits for the answer, sends the next. Beside ours:
+`peer`, a single-process server of the same classifier (bench.peer: uvicorn, dynamic batches
+of 32, torch fp32), and `ceiling`, the same Serve app shape with no model work at all: its
+requests/s is the most any model could reach through HTTP + Serve on this machine. A
+benchmark, not a test: it prints figures and ratios and never fails on timing.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the ceiling app's annotations in the
@@ -36,7 +37,9 @@ SENTENCES = [
 ]
 
 
-async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+async def closed_loop(
+    url: str, concurrency: int, seconds: float, route: str = "/v1/annotate"
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
@@ -48,7 +51,7 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, f
             text = SENTENCES[k % len(SENTENCES)]
             k += 1
             t = time.perf_counter()
-            r = await c.post(url + "/v1/annotate", json={"texts": [text]}, timeout=60)
+            r = await c.post(url + route, json={"texts": [text]}, timeout=60)
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - t)
             else:
@@ -70,16 +73,16 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, f
     }
 
 
-def wait_healthy(url: str, timeout: float = 300) -> None:
+def wait_healthy(url: str, timeout: float = 300, alive=lambda: True) -> None:
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and alive():
         try:
             if httpx.get(url + "/healthz", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"{url} never became healthy")
+    raise RuntimeError(f"{url} never became healthy" + ("" if alive() else ": its process exited"))
 
 
 def ceiling_app(cfg):
@@ -101,8 +104,8 @@ def ceiling_app(cfg):
         def __init__(self, model) -> None:
             self.model = model
 
-        @api.post("/v1/annotate")
-        async def annotate(self, request: Request) -> dict:
+        @api.post("/v1/{route}")
+        async def annotate(self, route: str, request: Request) -> dict:
             body = await request.json()
             return {"results": await self.model.remote(body["texts"])}
 
@@ -121,53 +124,117 @@ def ceiling_app(cfg):
     return front.bind(model.bind())
 
 
-def run(config: str, seconds: float, levels: list[int], overrides: list[str]) -> dict:
+SUITES = {  # name: (route, the config's models of these kinds only)
+    "classify": ("/v1/classify", ("classification",)),
+    "annotate": ("/v1/annotate", None),
+}
+
+
+def _variants(suite: str, unbatched: bool) -> list[str]:
+    """ours batched, optionally unbatched, the peer (classification only), the no-model ceiling."""
+    out = ["ours"] + (["ours-unbatched"] if unbatched else [])
+    return out + (["peer"] if suite == "classify" else []) + ["ceiling"]
+
+
+def _suite_overrides(base_cfg, kinds: tuple[str, ...] | None) -> list[str]:
+    """--set lines that keep only the models of `kinds` (a suite on a multi-model config)."""
+    if kinds is None:
+        return []
+    kept = {n: m.model_dump(exclude_unset=True) for n, m in base_cfg.models.items() if m.kind in kinds}
+    if not kept:
+        raise SystemExit(f"the config has no model of kind {kinds}")
+    return [f"models={json.dumps(kept)}"]
+
+
+def _peer(cfg, port: int, threads: int):
+    """The single-process peer (bench.peer) on the config's classifier, started and healthy."""
+    import subprocess
+    import sys
+
+    source = next(m.source for _, m in cfg.models.items() if m.kind == "classification")
+    cmd = [sys.executable, "-m", "bench.peer", "--model", str(source), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--threads", str(threads)])
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=120, alive=lambda: proc.poll() is None)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def run(
+    config: str,
+    seconds: float,
+    levels: list[int],
+    overrides: list[str],
+    suites: list[str],
+    unbatched: bool,
+    peer_threads: int = 2,
+) -> dict:
     from ray import serve
 
     from pipeline import PipelineConfig
     from pipeline.cluster import ensure_ray
+    from pipeline.models import cpu_name
     from pipeline.serve import build_app
 
     base_cfg = PipelineConfig.from_yaml(config, overrides)
     ensure_ray(None)
     port = base_cfg.serve.port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    variants = {
-        "batched": [f"serve.max_batch_size={base_cfg.runtime.batch_size}"],
-        "unbatched": ["serve.max_batch_size=1", "serve.batch_wait_timeout_s=0"],
-        "ceiling": [],
-    }
-    results: dict[str, list[dict]] = {name: [] for name in variants}
-    for name, extra in variants.items():
-        cfg = PipelineConfig.from_yaml(config, [*overrides, *extra])
-        app = ceiling_app(cfg) if name == "ceiling" else build_app(cfg)
-        serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
-        url = f"http://127.0.0.1:{port}/{name}"
-        wait_healthy(url)
-        asyncio.run(closed_loop(url, 4, 2))  # warm-up
-        for level in levels:
-            row = asyncio.run(closed_loop(url, level, seconds))
-            results[name].append(row)
-            print(
-                f"{name:9s} c={level:3d}  {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
-                f"p99 {row['p99_ms']:7.1f} ms  ({row['requests']} ok, {row['errors']} errors)",
-                flush=True,
-            )
-        serve.delete(name)
-    summary: dict[int, dict[str, float | None]] = {}
-    for b, u, c in zip(results["batched"], results["unbatched"], results["ceiling"], strict=True):
-        ratios = summary[b["concurrency"]] = {
-            "batched_over_unbatched_rps": _ratio(b["rps"], u["rps"]),
-            "batched_p99_over_p50": _ratio(b["p99_ms"], b["p50_ms"]),
-            "ceiling_over_unbatched_rps": _ratio(c["rps"], u["rps"]),
-        }
-        print(
-            f"c={b['concurrency']:3d}: batched/unbatched rps x{ratios['batched_over_unbatched_rps']} "
-            f"(HTTP+Serve ceiling/unbatched x{ratios['ceiling_over_unbatched_rps']}), "
-            f"batched p99/p50 {ratios['batched_p99_over_p50']}"
-        )
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the controller's deploy lines
+    print(f"CPU: {cpu_name()}; {seconds:g} s per level; closed-loop clients, one text per request")
+    results: dict[str, dict[str, list[dict]]] = {}
+    for suite in suites:
+        route, kinds = SUITES[suite]
+        suite_sets = _suite_overrides(base_cfg, kinds)
+        for name in _variants(suite, unbatched):
+            extra = {
+                "ours": [
+                    f"serve.max_batch_size={base_cfg.serve.max_batch_size or base_cfg.runtime.batch_size}"
+                ],
+                "ours-unbatched": ["serve.max_batch_size=1", "serve.batch_wait_timeout_s=0"],
+            }.get(name, [])
+            cfg = PipelineConfig.from_yaml(config, [*overrides, *suite_sets, *extra])
+            peer = None
+            if name == "peer":
+                peer = _peer(cfg, port + 100, peer_threads)
+                url = f"http://127.0.0.1:{port + 100}"
+            else:
+                app = ceiling_app(cfg) if name == "ceiling" else build_app(cfg)
+                serve.run(app, name=name, route_prefix=f"/{name}", blocking=False)
+                url = f"http://127.0.0.1:{port}/{name}"
+                wait_healthy(url)
+            try:
+                asyncio.run(closed_loop(url, 4, 2, route))  # warm-up
+                for level in levels:
+                    row = asyncio.run(closed_loop(url, level, seconds, route))
+                    results.setdefault(suite, {}).setdefault(name, []).append(row)
+                    print(
+                        f"{suite:9s} {name:15s} c={level:3d}  {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+                        f"p99 {row['p99_ms']:7.1f} ms  ({row['requests']} ok, {row['errors']} errors)",
+                        flush=True,
+                    )
+            finally:
+                if peer is not None:
+                    peer.terminate()
+                    peer.wait(30)
+                else:
+                    serve.delete(name)
+    summary: dict[str, dict[int, dict[str, float | None]]] = {}
+    for suite, by in results.items():
+        for i, ours in enumerate(by["ours"]):
+            ratios = summary.setdefault(suite, {})[ours["concurrency"]] = {
+                "ours_p99_over_p50": _ratio(ours["p99_ms"], ours["p50_ms"]),
+                "ceiling_over_ours_rps": _ratio(by["ceiling"][i]["rps"], ours["rps"]),
+            }
+            if "peer" in by:
+                ratios["ours_over_peer_rps"] = _ratio(ours["rps"], by["peer"][i]["rps"])
+            if "ours-unbatched" in by:
+                ratios["batched_over_unbatched_rps"] = _ratio(ours["rps"], by["ours-unbatched"][i]["rps"])
+            print(f"{suite} c={ours['concurrency']:3d}: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
     serve.shutdown()
-    return {"config": config, "seconds": seconds, "results": results, "summary": summary}
+    return {"config": config, "cpu": cpu_name(), "seconds": seconds, "results": results, "summary": summary}
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -180,10 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+    p.add_argument("--unbatched", action="store_true", help="also ours with dynamic batching off")
+    p.add_argument("--peer-threads", type=int, default=2, help="the peer's torch threads (default 2)")
     p.add_argument("--out", default="out/bench/serve_load.json")
     a = p.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    report = run(a.config, a.seconds, a.concurrency, a.set)
+    report = run(a.config, a.seconds, a.concurrency, a.set, a.suites, a.unbatched, a.peer_threads)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {a.out}")

@@ -243,7 +243,9 @@ def ratios(results: list[dict]) -> dict[str, dict[str, float | None]]:
             "ort_int8_over_torch_fp32": ratio(get.get(("ours-annotator", "ort-int8")), fp32),
             "ours_auto_over_torch_fp32": ratio(get.get(("ours-annotator", "auto")), fp32),
             "ours_run_auto_over_hf": ratio(get.get(("ours-run", "auto")), hf),
-            "ours_run_auto_over_run_fp32": ratio(get.get(("ours-run", "auto")), get.get(("ours-run", "fp32"))),
+            "ours_run_auto_over_run_fp32": ratio(
+                get.get(("ours-run", "auto")), get.get(("ours-run", "fp32"))
+            ),
             "ours_run_over_raydata": ratio(max(runs, default=None), rd),
         }
     return out

@@ -406,6 +406,14 @@ class ServeConfig(_Strict):
         False, description="a log line per request (written at INFO: needs log_level INFO or DEBUG)"
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After header of an overload answer")
+    layout: Literal["split", "single"] = Field(
+        "split",
+        description="split: an Ingress deployment (HTTP, encode, decode; serve.ingress) calls the "
+        "Model deployment (forward passes; serve.model) through a handle, and each scales on its own. "
+        "single: one deployment does both in each replica, with serve.model's resources and "
+        "replicas: no hop between processes per request, for one machine or small deployments "
+        "(runtime.backend serve needs split)",
+    )
     backpressure_status: Literal[503, 429] = Field(503, description="status of an overload answer")
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(**DEPLOYMENT_DEFAULTS["ingress"])

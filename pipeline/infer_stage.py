@@ -152,7 +152,8 @@ def check_served_models(cfg: PipelineConfig, expected: dict[str, dict[str, str]]
     except Exception as exc:  # noqa: BLE001 - any failure here means: not usable
         raise ConfigError(
             f"runtime.backend: serve needs the Serve app '{app}' running on this Ray cluster "
-            f"(pipeline serve CONFIG, or serve deploy jobs/serve.yaml; serve.app_name names it): "
+            f"(pipeline serve CONFIG, or serve deploy jobs/serve.yaml; serve.app_name names it) "
+            f"with serve.layout split (a single-layout app has no Model deployment to borrow): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     for name, want in expected.items():

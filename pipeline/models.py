@@ -497,7 +497,9 @@ def _load_weights(
 ):
     import torch
     import transformers
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per weight file is noise in job logs
     try:
         auto = getattr(transformers, spec.auto_class)
         model = auto.from_pretrained(

@@ -131,8 +131,11 @@ def _commands(parser: argparse.ArgumentParser, path: list[str]):
     if path:
         yield [*path], parser
     for sub in subs:
-        for name, child in sub.choices.items():
-            yield from _commands(child, [*path, name] if path else ["pipeline", name])
+        seen: set[int] = set()
+        for name, child in sub.choices.items():  # an alias maps to its command's parser: once
+            if id(child) not in seen:
+                seen.add(id(child))
+                yield from _commands(child, [*path, name] if path else ["pipeline", name])
 
 
 GENERATORS = {"config": config_reference, "cli": cli_reference}

@@ -17,6 +17,7 @@ response's `model` field names the revision that answered.
 # No `from __future__ import annotations`: FastAPI must resolve the route annotations at runtime.
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
@@ -341,17 +343,39 @@ class Model:
         }
 
 
+class InProcess:
+    """The Model deployment's methods called in this process (serve.layout single): `.remote()`
+    returns an awaitable, as a DeploymentHandle's does, so the ingress code is the same."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+
+    def remote(self, docs: list[Encoded]) -> Any:
+        return self._model(docs)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._model, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+
+        return SimpleNamespace(remote=call)
+
+
 # -- ingress --------------------------------------------------------------------------------
 @serve.ingress(api)
 class Ingress:
     """Validates, encodes and decodes on CPU; the model deployment does the forward passes."""
 
-    def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
+    def __init__(self, model: DeploymentHandle | None, config: dict[str, Any]) -> None:
         from ray.serve.metrics import Counter as MetricCounter
         from ray.serve.metrics import Histogram
 
         self.cfg = PipelineConfig.model_validate(config)
-        self.model = model
+        # serve.layout single: the model runs in this replica, called as the handle would be
+        self.local = Model(config) if model is None else None
+        self.model: Any = model if self.local is None else InProcess(self.local)
         light = Engine.build(self.cfg, weights=False)
         self.encoder, self.decoder = light.encoder, light.decoder
         self.describe = light.describe()
@@ -382,6 +406,11 @@ class Ingress:
             boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
             tag_keys=("endpoint",),
         )
+
+    async def check_health(self) -> None:
+        """serve.layout single: this replica's own model must still produce finite outputs."""
+        if self.local is not None:
+            await self.local.check_health()
 
     # endpoints
     @api.post("/v1/annotate", response_model=AnnotateResponse, responses=_ERRORS, openapi_extra=_BODY)
@@ -772,12 +801,18 @@ def logging_config(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def build_app(cfg: PipelineConfig):
-    """The Serve application for a config: Ingress bound to a Model deployment."""
+    """The Serve application for a config: Ingress bound to a Model deployment (serve.layout
+    split), or one deployment that is both (single)."""
     conf = cfg.for_workers()
     # with **options, serve.deployment's overloads read as the decorator-factory form
     model = cast(
         Deployment, serve.deployment(Model, name=MODEL_DEPLOYMENT, **deployment_options(cfg.serve.model, cfg))
     )
+    if cfg.serve.layout == "single":  # the ingress holds the model: serve.model's resources
+        single = cast(
+            Deployment, serve.deployment(Ingress, name="Ingress", **deployment_options(cfg.serve.model, cfg))
+        )
+        return single.bind(None, conf)
     ingress = cast(
         Deployment, serve.deployment(Ingress, name="Ingress", **deployment_options(cfg.serve.ingress, cfg))
     )

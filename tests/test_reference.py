@@ -37,8 +37,11 @@ def test_every_cli_option_has_help_and_is_in_the_readme():
     def walk(parser: argparse.ArgumentParser, path: str):
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
-                for name, child in action.choices.items():
-                    yield from walk(child, f"{path} {name}")
+                seen_parsers: set[int] = set()
+                for name, child in action.choices.items():  # an alias (models quantize) once, by its name
+                    if id(child) not in seen_parsers:
+                        seen_parsers.add(id(child))
+                        yield from walk(child, f"{path} {name}")
             elif not isinstance(action, argparse._HelpAction):
                 yield path, action
 

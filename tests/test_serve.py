@@ -289,3 +289,41 @@ def test_killed_model_replica_is_replaced(app):
         a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "ServeReplica:main:Model"
     ]
     assert alive and alive[0].pid != victim.pid
+
+
+def test_single_layout_serves_from_one_replica_on_ort_and_equals_the_annotator(
+    serve_base, tiny_models, reference, tmp_path
+):
+    """serve.layout single: HTTP, encode, model and decode in one replica (no handle hop), here
+    on the onnxruntime engine: the same answers as the torch Annotator, shared batches, keys on."""
+    from ray import serve
+
+    cfg = serve_config(tiny_models, layout="single", batch_wait_timeout_s=0.05, api_keys=["single-key"])
+    cfg["runtime"]["engine"] = "onnxruntime"
+    cfg["cache_dir"] = str(tmp_path)
+    texts = [f"Client {i} says Angela Merkel met Tim Cook in Berlin on day {i}." for i in range(16)]
+    expected = reference.annotate(texts)
+    key = {"Authorization": "Bearer single-key"}
+    with deployed(cfg, "single", "/single", serve_base) as url:
+        assert serve.status().applications["single"].deployments.keys() == {"Ingress"}
+        assert post(url, "/v1/annotate", {"texts": texts[:1]}).status_code == 401
+
+        async def client(c: httpx.AsyncClient, i: int):
+            return [
+                await c.post(url + "/v1/annotate", json={"texts": [texts[i]]}, headers=key) for _ in range(3)
+            ]
+
+        async def main():
+            async with httpx.AsyncClient(timeout=120) as c:
+                return await asyncio.gather(*(client(c, i) for i in range(16)))
+
+        for i, responses in enumerate(asyncio.run(main())):
+            for r in responses:
+                assert r.status_code == 200, r.text
+                assert_rows_close(r.json()["results"], [expected[i]])
+        stats = httpx.get(url + "/v1/stats", headers=key).json()
+        assert stats["device"] == "cpu ort-fp32"
+        assert sum(int(k) * v for k, v in stats["batch_sizes"].items() if k != "1") > 0, stats["batch_sizes"]
+        assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+        models = httpx.get(url + "/v1/models", headers=key).json()
+        assert set(models["serving"]) == {"classifier", "ner"}
