@@ -6,7 +6,7 @@ Each candidate replaces the models inside an `Annotator` (the product's own enco
 decode around it) and is timed on the same real sentences as fp32 (best of two passes).
 Agreement is against fp32: the share of equal labels and exact-span entity F1. The issue's
 gate for `runtime.dtype: int8` is >= 99% labels and F1 >= 0.98. `ort_keep_ffn_out` is the
-recipe the product ships (pipeline/quantize.py). `onnxruntime` and `onnx` come with the `int8`
+recipe the product ships (pipeline/ort_engine.py). `onnxruntime` and `onnx` come with the `int8`
 extra; `torchao` is not a project dependency: install it to measure that candidate.
 """
 
@@ -41,14 +41,14 @@ def timed(ann, texts: list[str], reps: int = 2) -> tuple[list[dict], float]:
 
 
 def onnx_model(model, path: Path, threads: int, quantize: bool, keep_fp32: tuple[str, ...]):
-    from pipeline.quantize import OrtModel, export_fp32, quantize_int8
+    from pipeline.ort_engine import OrtModel, export_fp32, quantize_int8
 
     export_fp32(model, path)
     if quantize:
         out = path.with_name(path.stem + "-int8.onnx")
         quantize_int8(path, out, keep_fp32)
         path = out
-    return OrtModel(path, threads)
+    return OrtModel(path, "int8" if quantize else "fp32", threads)
 
 
 def swap(ann, name: str, threads: int, work: Path) -> None:
