@@ -6,7 +6,7 @@ only) and every model (`/v1/annotate`).
 
 Each client sends one single-text request, waits for the answer, sends the next. Beside ours:
 `peer`, a single-process server of the same classifier (bench.peer: uvicorn, dynamic batches
-of 32, torch fp32), and `ceiling`, the same Serve app shape with no model work at all: its
+of 32, torch fp32), and `ceiling`, the split layout's two deployments with no model work at all: its
 requests/s is the most any model could reach through HTTP + Serve on this machine. A
 benchmark, not a test: it prints figures and ratios and never fails on timing.
 """

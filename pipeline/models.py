@@ -281,18 +281,29 @@ def load_tokenizer(path: Path, source: str) -> Any:
     return tok
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 @cache
 def cpu_name() -> str:
-    """This machine's CPU model: an int8 verdict measured on one CPU says nothing about another."""
+    """This machine's CPU model and the instruction sets speed depends on: a verdict measured on
+    one CPU says nothing about another, and a VM's model name alone ("AMD EPYC") can be both an
+    AVX2-only and an AVX-512 machine."""
+    name, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    import platform
+    if not name:
+        import platform
 
-    return platform.processor() or platform.machine()
+        name = platform.processor() or platform.machine()
+    isa = [f for f in ISA_FLAGS if f in flags]
+    return f"{name} ({' '.join(isa)})" if isa else name
 
 
 @cache
@@ -474,7 +485,7 @@ def choose_variant(
         verdict = ort_engine.read_verdict(loaded.cache_name, loaded.revision, cache_dir, cpu_name())
         picks = (verdict or {}).get("best_by_engine", {})
         pick = picks.get(engine) if engine != "auto" else (verdict or {}).get("choice")
-        if pick:
+        if pick and not (pick["dtype"] == "bf16" and not cpu_has_fast_bf16()):  # emulated here after all
             engine, dtype = pick["engine"], pick["dtype"]
         else:
             engine = "torch" if engine == "auto" else engine

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -64,7 +65,7 @@ def _version(dist: str) -> str:
 
 def _versions() -> str:
     """Read from the installed metadata: reading a verdict must not import ONNX Runtime."""
-    libs = ("onnxruntime", "onnx", "torch")
+    libs = ("onnxruntime", "onnx", "torch", "transformers")  # transformers: the exported graph
     return "|".join([RECIPE, *(f"{lib} {_version(lib)}" for lib in libs)])
 
 
@@ -101,21 +102,27 @@ def onnx_file(
         tmp.mkdir(exist_ok=True)
         fused = entry / "fp32.onnx"
         facts: dict[str, Any] = {}
-        if not fused.exists():
-            model = load_fp32()
-            export_fp32(model, tmp / "raw.onnx", output)
-            facts["fused"] = fuse(tmp / "raw.onnx", tmp / "fp32.onnx", model.config)
-            os.replace(tmp / "fp32.onnx", fused)
-        if dtype == "int8":
-            quantize_int8(fused, tmp / "int8.onnx")
-            os.replace(tmp / "int8.onnx", target)
-        for leftover in tmp.iterdir():
-            leftover.unlink()
-        tmp.rmdir()
-        meta = entry / "build.json"
-        old = json.loads(meta.read_text()) if meta.exists() else {}
-        built = {"task": task, "revision": revision, "built": _versions()}
-        meta.write_text(json.dumps(old | built | facts | {dtype: round(time.perf_counter() - start, 1)}))
+        try:
+            if not fused.exists():
+                model = load_fp32()
+                export_fp32(model, tmp / "raw.onnx", output)
+                facts["fused"] = fuse(tmp / "raw.onnx", tmp / "fp32.onnx", model.config)
+                os.replace(tmp / "fp32.onnx", fused)
+            if dtype == "int8":
+                quantize_int8(fused, tmp / "int8.onnx")
+                os.replace(tmp / "int8.onnx", target)
+            meta = entry / "build.json"
+            try:
+                old = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                old = {}
+            built = {"task": task, "revision": revision, "built": _versions()}
+            (tmp / "build.json").write_text(
+                json.dumps(old | built | facts | {dtype: round(time.perf_counter() - start, 1)})
+            )
+            os.replace(tmp / "build.json", meta)
+        finally:  # a failed export leaves nothing behind for the next attempt to trip on
+            shutil.rmtree(tmp, ignore_errors=True)
         log.warning(
             "built the onnxruntime %s %s model for %s in %.1f s (cached in %s)",
             dtype,

@@ -243,7 +243,7 @@ class Model:
         threads = cfg.serve.num_threads or cfg.runtime.num_threads
         if threads:
             torch.set_num_threads(threads)
-        built = Engine.build(cfg)
+        self.built = built = Engine.build(cfg)
         self.models = built.models
         self.engine: InferenceEngine = built.runner
         self.max_batch = cfg.serve.max_batch_size or cfg.runtime.batch_size
@@ -376,7 +376,8 @@ class Ingress:
         # serve.layout single: the model runs in this replica, called as the handle would be
         self.local = Model(config) if model is None else None
         self.model: Any = model if self.local is None else InProcess(self.local)
-        light = Engine.build(self.cfg, weights=False)
+        # single: the model's own tokenizers and label maps, so both halves hold one revision
+        light = self.local.built if self.local is not None else Engine.build(self.cfg, weights=False)
         self.encoder, self.decoder = light.encoder, light.decoder
         self.describe = light.describe()
         self.revisions = light.revisions

@@ -18,10 +18,10 @@ def process_started_at() -> float:
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:  # boot time in /proc/stat is whole seconds: too coarse
-            uptime = float(f.read().split()[0])
-        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
+        # seconds since boot on the kernel's own clock (/proc/uptime is per container under lxcfs)
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age if age >= 0 else time.time()
+    except (OSError, ValueError, IndexError, AttributeError):
         return time.time()
 
 

@@ -240,3 +240,26 @@ def test_int8_behind_serve_over_http(serve_base, tiny_models, tmp_path):
     ref = Annotator(PipelineConfig.from_dict(cfg)).annotate(texts)
     scores = agreement(got, ref)
     assert scores["label_agreement"] >= 0.9 and scores["entity_f1"] >= 0.95, scores
+
+
+def test_tune_choice_beats_torch_fp32_and_each_engine_its_own_fp32():
+    from pipeline.tune import choose
+
+    def row(engine, dtype, speed, ok=True):
+        return {"engine": engine, "dtype": dtype, "speed_vs_torch_fp32": speed, "meets_gate": ok}
+
+    table = {
+        "torch fp32": row("torch", "fp32", 1.0),
+        "torch bf16": row("torch", "bf16", 2.4, ok=False),
+        "onnxruntime fp32": row("onnxruntime", "fp32", 0.8),
+        "onnxruntime int8": row("onnxruntime", "int8", 1.02),
+    }
+    for r in table.values():
+        r["faster"] = r["speed_vs_torch_fp32"] >= 1.05 or r is table["torch fp32"]
+    choice, per_engine = choose(table)
+    assert choice == {"engine": "torch", "dtype": "fp32"}, "nothing that holds the gate beats torch fp32"
+    assert per_engine["onnxruntime"] == {"engine": "onnxruntime", "dtype": "int8"}, "x1.02 beats ORT's x0.8"
+    assert per_engine["torch"] == {"engine": "torch", "dtype": "fp32"}, "bf16 missed the gate"
+    table["onnxruntime fp32"]["meets_gate"] = False
+    table["onnxruntime int8"]["speed_vs_torch_fp32"] = 0.5
+    assert choose(table)[1]["onnxruntime"]["dtype"] == "int8", "the engine's variant that holds the gate"
