@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from pipeline.config import ConfigError, PipelineConfig
-from pipeline.kinds import KINDS as KINDS  # registers the model kinds with the config
+IMPORTED_AT = time.time()  # when this process first imported the package (pipeline.startup)
+
+from pipeline.config import ConfigError, PipelineConfig  # noqa: E402 - after the import stamp
+from pipeline.kinds import KINDS as KINDS  # noqa: E402 - registers the model kinds with the config
 
 __version__ = "0.1.0"
 __all__ = ["Annotator", "ConfigError", "PipelineConfig", "__version__"]

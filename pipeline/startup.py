@@ -25,11 +25,21 @@ def process_started_at() -> float:
         return time.time()
 
 
+def command_started_at() -> float:
+    """When the command started: the process's start, unless the package was imported well
+    after it (a shell that ran the command through exec, as `bash -c "a && pipeline run"` does
+    for its last command: the process is the shell's). Then when the package was imported."""
+    from pipeline import IMPORTED_AT
+
+    started = process_started_at()
+    return started if IMPORTED_AT - started < 2 else IMPORTED_AT
+
+
 class Phases:
-    """Seconds from the process's start to the end of each named phase, in order."""
+    """Seconds from the command's start to the end of each named phase, in order."""
 
     def __init__(self) -> None:
-        self.t0 = process_started_at()
+        self.t0 = command_started_at()
         self.ends: dict[str, float] = {}
 
     def mark(self, name: str, at: float | None = None) -> None:
