@@ -223,25 +223,6 @@ def test_a_night_whose_nodes_chose_different_dtypes_says_so():
     assert "warning" not in batch.summary(report)
 
 
-def test_int8_behind_serve_over_http(serve_base, tiny_models, tmp_path):
-    import httpx
-    from conftest import deploy
-    from ray import serve
-
-    cfg = tiny_config(*tiny_models, runtime__dtype="int8")
-    cfg["cache_dir"] = str(tmp_path / "cache")
-    url = deploy(cfg, "int8app", "/int8", serve_base)
-    try:
-        texts = generated_texts(24)
-        got = httpx.post(url + "/v1/annotate", json={"texts": texts}, timeout=60).json()["results"]
-        assert httpx.get(url + "/v1/stats", timeout=30).json()["device"] == "cpu ort-int8"
-    finally:
-        serve.delete("int8app")
-    ref = Annotator(PipelineConfig.from_dict(cfg)).annotate(texts)
-    scores = agreement(got, ref)
-    assert scores["label_agreement"] >= 0.9 and scores["entity_f1"] >= 0.95, scores
-
-
 def test_tune_choice_beats_torch_fp32_and_each_engine_its_own_fp32():
     from pipeline.tune import choose
 
