@@ -76,15 +76,9 @@ class InferActor:
         self.engine: InferenceEngine = built.runner
         # what each model runs in on this actor (dtype auto may differ between nodes), and when
         # the first actor's process started and was ready (the run report's start-up phases)
-        report(tally, {f"{DTYPE_KEY}{name}:{lm.runs_as}": 1 for name, lm in self.models.items()})
-        report(
-            tally,
-            {
-                "first_actor_process_at": process_started_at(),
-                "first_actor_init_at": entered,
-                "first_actor_ready_at": time.time(),
-            },
-        )
+        ran = {f"{DTYPE_KEY}{name}:{lm.runs_as}": 1 for name, lm in self.models.items()}
+        moments = {"first_actor_process_at": process_started_at(), "first_actor_init_at": entered}
+        report(tally, ran | moments | {"first_actor_ready_at": time.time()})
         log.info(
             "inference actor ready on %s (%s; pid %d)",
             next(iter(self.engine.runners.values())).device,

@@ -372,7 +372,7 @@ def load_model(
         raise ModelLoadError(f"model source {spec.source} has no config.json")
     check_weights_safe(path, spec.allow_pickle)
     # transformers is imported only where facts are not saved yet, or to load torch weights
-    facts = saved_facts(path, revision, cache_dir, lambda: _read_facts(path, spec.source)[0])
+    facts = saved_facts(path, revision, cache_dir, lambda: _read_facts(path, spec.source))
     loaded = _checked(LoadedModel(name, _own_length(spec, facts), path, revision, facts))
     if not weights:
         return loaded
@@ -413,10 +413,10 @@ def _read_hf(path: Path, source: str) -> tuple[Any, Any]:
     return tokenizer, config
 
 
-def _read_facts(path: Path, source: str) -> tuple[ModelFacts, Any]:
-    """The model's facts, and its HF tokenizer."""
+def _read_facts(path: Path, source: str) -> ModelFacts:
+    """The model's facts, read through its HF tokenizer and config."""
     tokenizer, config = _read_hf(path, source)
-    return ModelFacts.of(tokenizer, config, weight_shapes(path), sentence_facts(path)), tokenizer
+    return ModelFacts.of(tokenizer, config, weight_shapes(path), sentence_facts(path))
 
 
 def _own_length(spec: ModelSpec, facts: ModelFacts) -> ModelSpec:
