@@ -390,7 +390,13 @@ class ServeConfig(_Strict):
     max_batch_size: int | None = Field(
         None, ge=1, description="documents per dynamic batch; default runtime.batch_size"
     )
-    batch_wait_timeout_s: float = Field(0.02, ge=0, le=10, description="how long a batch waits to fill")
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="how long a request to an idle model waits for others to share its forward pass "
+        "(requests that arrive while one runs always share the next)",
+    )
     num_threads: int | None = Field(
         None,
         ge=1,

@@ -1,11 +1,11 @@
 """The online API on Ray Serve: the batch job's encode / infer / decode behind HTTP.
 
-    HTTP -> Ingress (CPU: limits, auth, encode, decode) -> Model (GPU: @serve.batch infer)
+    HTTP -> Ingress (CPU: limits, auth, encode, decode) -> Model (GPU: batched infer)
 
 The Model deployment wraps the same `InferenceEngine` / `ModelRunner` as the batch job's
 actors; the Ingress uses the same `Encoder` and `Decoder`. A text gets the same answer
-online as in last night's output. Dynamic batching merges concurrent requests into shared
-forward passes; queues are bounded, and beyond them clients get 503 (or 429) with
+online as in last night's output. Dynamic batching (`pipeline.batcher`) merges concurrent
+requests into shared forward passes without holding a free model back; queues are bounded, and beyond them clients get 503 (or 429) with
 Retry-After instead of a hang.
 
 Every forward result names its model revision. During a rolling update an ingress can meet
@@ -38,6 +38,7 @@ from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from pipeline import __version__
+from pipeline.batcher import Batcher
 from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, ModelsConfig, ModelSpec, PipelineConfig
 from pipeline.decode import Decoder
 from pipeline.encode import Encoded, framing_of, plain_backend, window_spans
@@ -247,10 +248,10 @@ class Model:
         self.models = built.models
         self.engine: InferenceEngine = built.runner
         self.max_batch = cfg.serve.max_batch_size or cfg.runtime.batch_size
-        self.infer.set_max_batch_size(self.max_batch)  # type: ignore[attr-defined]  # serve.batch adds it at runtime
         self._lock = asyncio.Lock()  # one forward pass at a time on this replica
-        self._inflight = 0
-        self.infer.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]  # as above
+        self._batcher: Batcher[Encoded, Inferred] = Batcher(
+            self._batch, self.max_batch, wait_s=cfg.serve.batch_wait_timeout_s
+        )
         self.batch_sizes: Counter[int] = Counter()
         self._batch_hist = Histogram(
             "bert_pipeline_batch_documents",
@@ -264,18 +265,9 @@ class Model:
         dtypes = sorted({lm.runs_as for lm in self.models.values() if lm.runs_as})
         self.device = f"{device} {'/'.join(dtypes)}"
 
-    @serve.batch(
-        max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(len(i) for i in items)
-    )
-    async def infer(self, requests: list[list[Encoded]]) -> list[list[Inferred]]:
-        docs = [d for r in requests for d in r]
+    async def _batch(self, docs: list[Encoded]) -> list[Inferred]:
         self._record(len(docs))
-        results = await self._run(docs)
-        out, k = [], 0
-        for r in requests:
-            out.append(results[k : k + len(r)])
-            k += len(r)
-        return out
+        return await self._run(docs)
 
     async def _run(self, docs: list[Encoded]) -> list[Inferred]:
         async with self._lock:
@@ -310,16 +302,7 @@ class Model:
         return {n: {"source": m.spec.source, "revision": m.revision} for n, m in self.models.items()}
 
     async def __call__(self, docs: list[Encoded]) -> list[Inferred]:
-        # Eager when idle: a lone request runs at once instead of waiting out the batch
-        # timeout; under load requests queue in @serve.batch and share forward passes.
-        self._inflight += 1
-        try:
-            if len(docs) >= self.max_batch or (self._inflight == 1 and not self._lock.locked()):
-                self._record(len(docs))
-                return await self._run(docs)
-            return await self.infer(docs)
-        finally:
-            self._inflight -= 1
+        return await self._batcher.submit(docs)
 
     def _record(self, size: int) -> None:
         self.batch_sizes[size] += 1

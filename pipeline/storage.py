@@ -125,15 +125,18 @@ def s3_filesystem(options: S3Options) -> s3fs.S3FileSystem:
     client_kwargs: dict[str, str] = {}
     if options.region:
         client_kwargs["region_name"] = options.region
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         anon=options.anonymous,
         endpoint_url=endpoint_url(options),
         client_kwargs=client_kwargs,
-        # botocore's own retries; s3fs adds its own few on top for the errors it knows.
         config_kwargs=_botocore_config(options),
         # A fresh instance per call: cached instances keep listings that go stale between runs.
         skip_instance_cache=True,
     )
+    # botocore's standard retries only: s3fs's own loop (5 tries, a class attribute) on top
+    # would turn `s3.max_attempts` into up to five times as many attempts.
+    fs.retries = 1
+    return fs
 
 
 def _botocore_config(options: S3Options) -> dict:

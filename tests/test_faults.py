@@ -241,12 +241,12 @@ MOMENTS = {
 }
 # The night's shape per moment: (input files, rows each, output rows per file). The id check
 # reads every file's ids, so many small files give it time to be seen; many output files give
-# the publish (which reads and moves each) time to be seen. 12,000 documents each.
+# the publish (which reads and moves each) time to be seen. 5,000-6,000 documents each.
 SHAPES = {
-    "id_check": (64, 188, 750),
-    "before_first_block": (16, 750, 750),
-    "mid_write": (16, 750, 750),
-    "publish": (16, 750, 100),
+    "id_check": (64, 80, 640),
+    "before_first_block": (8, 750, 750),
+    "mid_write": (8, 750, 750),
+    "publish": (8, 750, 50),
 }
 
 
