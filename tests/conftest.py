@@ -206,7 +206,8 @@ def ray_cluster():
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
-            "_system_config": HEAD_SYSTEM_CONFIG,  # as cluster.yaml starts a head
+            # as cluster.yaml starts a head; a copy: Ray adds its spilling keys to the dict
+            "_system_config": dict(HEAD_SYSTEM_CONFIG),
         },
     )
     cluster.add_node(num_cpus=1, num_gpus=1)

@@ -183,12 +183,13 @@ def test_a_night_whose_every_row_failed_is_not_published(ray_cluster, tiny_model
     assert held["top_errors"][0]["message"] == message
     assert f"{held['failed_rows']}x {message!r}" in last, last
     assert len(held["top_errors"][0]["sample_ids"]) == 3
+    if hook == "decode_raises":
+        return  # refused alike; what follows is the same for any refused night (CI time)
     # the worker logged the first failures with their traceback
-    if hook == "forward_raises":
-        worker_logs = "".join(
-            p.read_text(errors="replace") for p in Path(ray_cluster.session_dir, "logs").glob("worker-*.err")
-        )
-        assert "a row's inference failed" in worker_logs and "Traceback" in worker_logs
+    worker_logs = "".join(
+        p.read_text(errors="replace") for p in Path(ray_cluster.session_dir, "logs").glob("worker-*.err")
+    )
+    assert "a row's inference failed" in worker_logs and "Traceback" in worker_logs
 
     # the same command refuses again, at once; a raised limit publishes the staged night as it is
     again, log = _night(ray_cluster, tmp_path, tiny_models, hook)
