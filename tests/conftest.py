@@ -208,9 +208,11 @@ def ray_cluster():
             "dashboard_port": port,
             # as cluster.yaml starts a head; a copy: Ray adds its spilling keys to the dict
             "_system_config": dict(HEAD_SYSTEM_CONFIG),
+            # cluster_utils' default is 150 MiB a node: a 5 MB document's windows spilled to disk
+            "object_store_memory": 1024**3,
         },
     )
-    cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=512 * 1024**2)
     ray.init(address=cluster.address)
     yield SimpleNamespace(
         address=cluster.address,
