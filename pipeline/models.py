@@ -24,7 +24,14 @@ from filelock import FileLock
 from pipeline import heap
 from pipeline.config import DEFAULT_KINDS, HUB_ID, ModelSpec, PipelineConfig, RuntimeConfig, S3Options
 from pipeline.model_facts import ModelFacts, saved_facts, sentence_facts, weight_shapes
-from pipeline.storage import StorageError, is_s3, is_transient, s3_filesystem, strip_scheme
+from pipeline.storage import (
+    StorageError,
+    botocore_retries_only,
+    is_s3,
+    is_transient,
+    s3_filesystem,
+    strip_scheme,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -134,7 +141,8 @@ def _s3_listing(source: str, s3: S3Options, allow_pickle: bool) -> tuple[Any, st
     fs = s3_filesystem(s3)
     prefix = strip_scheme(source).rstrip("/")
     try:
-        listing = fs.find(prefix, detail=True)
+        with botocore_retries_only(fs):
+            listing = fs.find(prefix, detail=True)
     except Exception as exc:  # noqa: BLE001 - any S3 failure becomes one clear message
         if is_transient(exc):  # the store, not the config: a later run may well succeed
             raise StorageError("listing model source", source, exc) from exc

@@ -11,8 +11,10 @@ standard AWS chain (environment, profile, instance role) and are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -125,18 +127,29 @@ def s3_filesystem(options: S3Options) -> s3fs.S3FileSystem:
     client_kwargs: dict[str, str] = {}
     if options.region:
         client_kwargs["region_name"] = options.region
-    fs = s3fs.S3FileSystem(
+    return s3fs.S3FileSystem(
         anon=options.anonymous,
         endpoint_url=endpoint_url(options),
         client_kwargs=client_kwargs,
+        # botocore's own retries; s3fs adds its own few on top for the errors it knows.
         config_kwargs=_botocore_config(options),
         # A fresh instance per call: cached instances keep listings that go stale between runs.
         skip_instance_cache=True,
     )
-    # botocore's standard retries only: s3fs's own loop (5 tries, a class attribute) on top
-    # would turn `s3.max_attempts` into up to five times as many attempts.
+
+
+@contextlib.contextmanager
+def botocore_retries_only(fs: s3fs.S3FileSystem) -> Iterator[s3fs.S3FileSystem]:
+    """API calls on `fs` (a listing) with botocore's `s3.max_attempts` alone: s3fs's own loop
+    (5 tries) on top would make up to five times as many attempts, and a failing store took
+    10 s to report with `max_attempts: 2`. Downloads keep that loop: it is what retries a
+    connection dropped in the middle of a body, which botocore does not."""
+    saved = fs.retries
     fs.retries = 1
-    return fs
+    try:
+        yield fs
+    finally:
+        fs.retries = saved
 
 
 def _botocore_config(options: S3Options) -> dict:
