@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+Call = tuple[list[T], "asyncio.Future[list[R]]"]  # one submit(): its items, the future its caller awaits
 
 
 class Batcher(Generic[T, R]):
@@ -31,27 +35,29 @@ class Batcher(Generic[T, R]):
         self._run = run
         self.max_items = max(1, max_items)
         self.wait_s = wait_s
-        self._queue: list[tuple[list[T], asyncio.Future[list[R]]]] = []
-        self._queued = 0
+        self._queue: deque[Call[T, R]] = deque()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def _queued(self) -> int:
+        return sum(len(items) for items, _ in self._queue)
 
     async def submit(self, items: list[T]) -> list[R]:
         """This call's results, in order; the error of the pass it shared, if that failed."""
         if not items:
             return []
-        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[R]] = loop.create_future()
         self._queue.append((items, future))
-        self._queued += len(items)
-        if self._queued >= self.max_items:
+        if self.wait_s > 0 and self._queued() >= self.max_items:
             self._full.set()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
         try:
-            if self.wait_s > 0 and self._queued < self.max_items:
+            if self.wait_s > 0 and self._queued() < self.max_items:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.wait_s)
@@ -59,38 +65,37 @@ class Batcher(Generic[T, R]):
                 await self._pass(self._take())
         finally:
             self._task = None
-            for _, fut in self._queue:  # only when cancelled: nothing else leaves calls queued
-                if not fut.done():
-                    fut.set_exception(RuntimeError("batch cancelled"))
+            _fail(self._queue, RuntimeError("batch cancelled"))  # only when cancelled: else empty
             self._queue.clear()
-            self._queued = 0
 
-    def _take(self) -> list[tuple[list[T], asyncio.Future[list[R]]]]:
+    def _take(self) -> list[Call[T, R]]:
         """Queued calls in arrival order up to `max_items` items (at least one call, whole)."""
-        taken: list[tuple[list[T], asyncio.Future[list[R]]]] = []
+        taken: list[Call[T, R]] = []
         size = 0
         while self._queue and (not taken or size + len(self._queue[0][0]) <= self.max_items):
-            call = self._queue.pop(0)
-            taken.append(call)
-            size += len(call[0])
-        self._queued -= size
-        self._full.clear()
+            taken.append(self._queue.popleft())
+            size += len(taken[-1][0])
         return [(items, fut) for items, fut in taken if not fut.cancelled()]
 
-    async def _pass(self, calls: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
+    async def _pass(self, calls: list[Call[T, R]]) -> None:
         if not calls:
             return
         try:
             results = await self._run([item for items, _ in calls for item in items])
-        except BaseException as exc:  # every caller of this pass gets the error
-            for _, fut in calls:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("batch cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:  # noqa: BLE001 - every caller of this pass gets the error
+            _fail(calls, exc)
             return
+        except BaseException:
+            _fail(calls, RuntimeError("batch cancelled"))
+            raise
         k = 0
         for items, fut in calls:
             if not fut.done():
                 fut.set_result(list(results[k : k + len(items)]))
             k += len(items)
+
+
+def _fail(calls: Iterable[Call[T, R]], exc: Exception) -> None:
+    for _, fut in calls:
+        if not fut.done():
+            fut.set_exception(exc)

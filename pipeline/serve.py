@@ -5,8 +5,8 @@
 The Model deployment wraps the same `InferenceEngine` / `ModelRunner` as the batch job's
 actors; the Ingress uses the same `Encoder` and `Decoder`. A text gets the same answer
 online as in last night's output. Dynamic batching (`pipeline.batcher`) merges concurrent
-requests into shared forward passes without holding a free model back; queues are bounded, and beyond them clients get 503 (or 429) with
-Retry-After instead of a hang.
+requests into shared forward passes without holding a free model back; queues are bounded,
+and beyond them clients get 503 (or 429) with Retry-After instead of a hang.
 
 Every forward result names its model revision. During a rolling update an ingress can meet
 a model replica of another revision: it then has that replica encode, run and decode the

@@ -143,9 +143,10 @@ def choose(table: dict[str, dict[str, Any]]) -> tuple[dict[str, str], dict[str, 
     fastest of its variants that holds the gate, else its fp32)."""
 
     def pick(rows: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, str]:
-        bar = base["speed_vs_torch_fp32"] * MIN_SPEEDUP
-        good = [r for r in rows if r["meets_gate"] and (r is base or r["speed_vs_torch_fp32"] >= bar)]
-        if not base["meets_gate"]:
+        if base["meets_gate"]:
+            bar = base["speed_vs_torch_fp32"] * MIN_SPEEDUP
+            good = [r for r in rows if r["meets_gate"] and (r is base or r["speed_vs_torch_fp32"] >= bar)]
+        else:
             good = [r for r in rows if r["meets_gate"]] or [base]
         best = max(good, key=lambda r: r["speed_vs_torch_fp32"], default=base)
         return {"engine": best["engine"], "dtype": best["dtype"]}
