@@ -173,17 +173,21 @@ def run(
 ) -> dict:
     from ray import serve
 
-    from pipeline import PipelineConfig
+    from pipeline import PipelineConfig, serve_front
     from pipeline.cluster import ensure_ray
     from pipeline.models import cpu_name
     from pipeline.serve import build_app
 
     base_cfg = PipelineConfig.from_yaml(config, overrides)
-    ensure_ray(None)
+    ensure_ray(None, serve_front.local_env(base_cfg.serve.proxy))
     port = base_cfg.serve.port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    front = serve_front.check(base_cfg.serve.proxy)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the controller's deploy lines
-    print(f"CPU: {cpu_name()}; {seconds:g} s per level; closed-loop clients, one text per request")
+    print(
+        f"CPU: {cpu_name()}; Serve's HTTP front: {front}; {seconds:g} s per level; "
+        "closed-loop clients, one text per request"
+    )
     results: dict[str, dict[str, list[dict]]] = {}
     for suite in suites:
         route, kinds = SUITES[suite]
@@ -234,7 +238,14 @@ def run(
                 ratios["batched_over_unbatched_rps"] = _ratio(ours["rps"], by["ours-unbatched"][i]["rps"])
             print(f"{suite} c={ours['concurrency']:3d}: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
     serve.shutdown()
-    return {"config": config, "cpu": cpu_name(), "seconds": seconds, "results": results, "summary": summary}
+    return {
+        "config": config,
+        "cpu": cpu_name(),
+        "front": front,
+        "seconds": seconds,
+        "results": results,
+        "summary": summary,
+    }
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -115,10 +115,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.cluster import ensure_ray
     from pipeline.engine import check_models
     from pipeline.serve import start
+    from pipeline.serve_front import local_env
 
     cfg = _load_config(args)
     check_models(cfg)  # a missing or broken model fails here, in one line, before Ray starts
-    ensure_ray(args.address or cfg.ray.address)
+    ensure_ray(args.address or cfg.ray.address, local_env(cfg.serve.proxy))
     start(cfg, blocking=True)
     return 0
 
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from pipeline.models import ModelLoadError
+    from pipeline.serve_front import FrontError
     from pipeline.storage import StorageError
 
     try:
@@ -308,7 +310,10 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
     except (ConfigError, ModelLoadError) as exc:  # the config or the model must change
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except StorageError as exc:  # the store failed: the same command may succeed later
+    except (
+        StorageError,
+        FrontError,
+    ) as exc:  # the store or a port failed: the same command may succeed later
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 
 # The head's `--system-config` for a night's cluster (cluster.yaml; the bench and test clusters
 # use it too; Ray hands it to every node that joins).
@@ -50,8 +51,10 @@ NODE_ENV = {
 }
 
 
-def ensure_ray(address: str | None) -> None:
-    """Connect to the given cluster (or RAY_ADDRESS); otherwise start a local instance."""
+def ensure_ray(address: str | None, local_env: Mapping[str, str] | None = None) -> None:
+    """Connect to the given cluster (or RAY_ADDRESS); otherwise start a local instance, its
+    processes started with `local_env` added to this one's environment (a variable already
+    set here keeps its value)."""
     import os
 
     import ray
@@ -62,11 +65,14 @@ def ensure_ray(address: str | None) -> None:
     # command runs with -v; its warnings still show.
     level = logging.INFO if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.WARNING
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=True, logging_level=level)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and target != "local":
+        ray.init(address=target, log_to_driver=True, logging_level=level)
     else:
         # "local": a new instance, never one that a `ray start` left running here (or a dead
         # one's address file, which ray.init() would wait on for minutes)
+        for key, value in (local_env or {}).items():
+            os.environ.setdefault(key, value)  # Ray's processes inherit the driver's environment
         ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         # Ray's core worker installs a crash handler for SIGTERM that dumps a stack trace:

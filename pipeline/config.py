@@ -374,6 +374,14 @@ class ServeConfig(_Strict):
         "`serve deploy` the Serve config file's http_options decide host, port and route",
     )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    proxy: Literal["ray", "haproxy"] | None = Field(
+        None,
+        description="Serve's HTTP front. ray: its Python proxy actor. haproxy: HAProxy on the port, "
+        "balancing over ingress replicas that serve HTTP themselves (faster; Linux, Ray's "
+        "RAY_SERVE_ENABLE_HA_PROXY). A local instance that `pipeline serve` starts runs the one "
+        "asked for; a cluster runs what its nodes were started with, and a config asking for the "
+        "other is refused. Unset: ray locally, else the cluster's",
+    )
     route_prefix: str = Field("/", description="URL prefix of the app's routes")
     app_name: str = Field(
         "bert-pipeline", description="Serve app name; runtime.backend serve finds the app by it"

@@ -37,7 +37,7 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from pipeline import __version__
+from pipeline import __version__, serve_front
 from pipeline.batcher import Batcher
 from pipeline.config import MODEL_DEPLOYMENT, DeploymentOptions, ModelsConfig, ModelSpec, PipelineConfig
 from pipeline.decode import Decoder
@@ -817,13 +817,21 @@ def app_builder(args: dict[str, Any]):
 def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:
     """Deploy on the current Ray cluster (local if none); returns the base URL."""
     logging.getLogger("ray.serve").setLevel(cfg.serve.log_level)  # this process's Serve lines too
-    serve.start(
-        http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=logging_config(cfg)
-    )
+    try:
+        serve.start(
+            http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=logging_config(cfg)
+        )
+    except Exception as exc:
+        if why := serve_front.start_failure(exc):
+            raise serve_front.FrontError(why) from None
+        raise
+    front = serve_front.check(cfg.serve.proxy)
     serve.run(build_app(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
     if blocking:
-        print(f"serving on {url} (docs: {url}/docs); Ctrl-C or SIGTERM to stop", flush=True)
+        print(
+            f"serving on {url} (docs: {url}/docs; HTTP front: {front}); Ctrl-C or SIGTERM to stop", flush=True
+        )
         try:
             while True:
                 time.sleep(3600)

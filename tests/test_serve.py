@@ -327,3 +327,15 @@ def test_single_layout_serves_from_one_replica_on_ort_and_equals_the_annotator(
         assert httpx.get(url + "/healthz").json() == {"status": "ok"}
         models = httpx.get(url + "/v1/models", headers=key).json()
         assert set(models["serving"]) == {"classifier", "ner"}
+
+
+def test_a_config_asking_for_the_front_the_cluster_does_not_run_is_refused(serve_base):
+    """The session cluster's Serve runs its Python proxy: a config asking for HAProxy is told
+    how to get it, instead of being served quietly through the proxy."""
+    from pipeline.config import ConfigError
+    from pipeline.serve_front import check
+
+    assert check(None) == "ray"
+    assert check("ray") == "ray"
+    with pytest.raises(ConfigError, match="RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`"):
+        check("haproxy")

@@ -4,6 +4,7 @@ Their consoles carry none of Ray's INFO lines."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import _free_port, batch_config, read_output, tiny_config, write_corpus
+
+from pipeline.serve_front import orphans
 
 # What must never reach an operator's terminal on a clean stop or a normal run.
 CRASH_LOOK = ("Traceback", "SIGTERM received", "*** ", "core_worker.cc")
@@ -66,34 +69,87 @@ def test_sigterm_stops_a_night_that_then_resumes(ray_cluster, tiny_models, tmp_p
     assert [r["id"] for r in read_output(out)] == sorted(ids), "each input id exactly once"
 
 
-@pytest.mark.slow  # spawns the command and its Ray
-def test_sigterm_stops_serve_and_deletes_the_app(tiny_models, tmp_path):
-    port = _free_port()
-    cfg = tiny_config(*tiny_models)
-    cfg["cache_dir"] = str(tmp_path / "cache")
-    cfg["serve"] = {"port": port}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, as on a fresh machine
-    log = tmp_path / "serve.log"
+def _listener(port: int) -> str:
+    """The name of the process listening on TCP `port` (Linux's /proc: no psutil here)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                return (fd.parents[1] / "comm").read_text().strip()
+    raise AssertionError(f"no process of ours listens on {port}")
+
+
+def _start_serving(config: Path, env: dict, log: Path, port: int) -> subprocess.Popen:
+    """`pipeline serve` in its own process, once it has said it serves and /healthz answers."""
+    import httpx
+
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "serve", str(tmp_path / "s.yaml")],
+            [sys.executable, "-m", "pipeline.cli", "serve", str(config)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+    def serving() -> bool:
+        if "serving on" not in log.read_text():
+            return False
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        import httpx
+        _wait_for(serving, 240, proc, log)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
 
-        _wait_for(healthy, 240, proc, log)
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["hello"]}, timeout=30)
+@pytest.mark.slow  # spawns the command and its Ray
+@pytest.mark.parametrize("proxy", ["ray", "haproxy"])
+def test_sigterm_stops_serve_and_deletes_the_app(proxy, tiny_models, tmp_path):
+    """Either HTTP front: `ray` (Serve's Python proxy) or `haproxy` (HAProxy on the port, the
+    replica serving HTTP itself), which the local instance starts with because the config asks.
+    With haproxy, a first server is killed outright: Serve's HAProxy outlives it, holding the
+    port, and the next start must clear it instead of failing to bind."""
+    import httpx
+
+    port = _free_port()
+    cfg = tiny_config(*tiny_models)
+    cfg["cache_dir"] = str(tmp_path / "cache")
+    cfg["serve"] = {"port": port, "proxy": proxy}
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    # its own Ray, as on a fresh machine; keys from the environment, as in production
+    env = {**os.environ, "RAY_ADDRESS": "local", "BERT_PIPELINE_API_KEYS": "k-one,k-two"}
+    env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    if proxy == "haproxy":
+        killed = _start_serving(config, env, tmp_path / "killed.log", port)
+        killed.kill()
+        killed.wait(30)
+        deadline = time.time() + 60
+        while not orphans() and time.time() < deadline:  # its Ray processes notice, and end
+            time.sleep(0.5)
+        assert orphans(), "the killed server's HAProxy is expected to live on"
+        assert _listener(port) == "haproxy"
+    log = tmp_path / "serve.log"
+    proc = _start_serving(config, env, log, port)
+    try:
+        assert _listener(port) == ("haproxy" if proxy == "haproxy" else "ray::ProxyActor")
+        classify = f"http://127.0.0.1:{port}/v1/classify"
+        assert httpx.post(classify, json={"texts": ["hello"]}, timeout=30).status_code == 401
+        key = {"Authorization": "Bearer k-two"}
+        answer = httpx.post(classify, json={"texts": ["hello", "world"]}, headers=key, timeout=30)
         assert answer.status_code == 200
+        assert [r["error"] for r in answer.json()["results"]] == [None, None]
+        assert f"HTTP front: {proxy}" in log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
@@ -101,6 +157,7 @@ def test_sigterm_stops_serve_and_deletes_the_app(tiny_models, tmp_path):
             proc.kill()
     text = log.read_text()
     assert "stopped (SIGTERM): the app was deleted" in text
+    assert ("left behind by a Ray instance that was killed" in text) == (proxy == "haproxy")
     _assert_quiet(text)
-    with socket.socket() as s:  # the local Ray and its HTTP proxy went with the command
+    with socket.socket() as s:  # the local Ray and its HTTP front went with the command
         assert s.connect_ex(("127.0.0.1", port)) != 0
