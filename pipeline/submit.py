@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import shlex
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The Jobs API answers 500 "No available agent to submit job, please try again later" while no
+# node's dashboard agent can take a job: a head just started, or a node with the chosen agent
+# lost (seen in CI right after another test's worker nodes went away). No job was created, and
+# the fixed submission id would refuse a duplicate, so the submission is tried again.
+NO_AGENT = "No available agent to submit job"
+AGENT_RETRIES = 10
+AGENT_WAIT_S = 3.0
 EXCLUDES = [".git", ".venv", "models", "out", "**/__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"]
 
 
@@ -46,11 +54,23 @@ def submit(
     if rel_config.is_absolute() and rel_config.is_relative_to(Path(working_dir).resolve()):
         rel_config = rel_config.relative_to(Path(working_dir).resolve())
     # an absolute path outside the working dir must exist on the cluster as-is
-    job_id = client.submit_job(
-        entrypoint=entrypoint(str(rel_config), date, overrides or [], overwrite),
-        runtime_env={"working_dir": working_dir, "excludes": EXCLUDES},
-        metadata={"job": "bert-pipeline-nightly", "date": date or ""},
-    )
+    submission_id = f"bert-pipeline-{date or 'yesterday'}-{uuid.uuid4().hex[:8]}"
+    for attempt in range(1, AGENT_RETRIES + 1):
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint(str(rel_config), date, overrides or [], overwrite),
+                runtime_env={"working_dir": working_dir, "excludes": EXCLUDES},
+                metadata={"job": "bert-pipeline-nightly", "date": date or ""},
+                submission_id=submission_id,
+            )
+            break
+        except RuntimeError as exc:
+            if NO_AGENT not in str(exc) or attempt == AGENT_RETRIES:
+                raise
+            echo(
+                f"the cluster has no job agent ready ({attempt}/{AGENT_RETRIES}); retrying in {AGENT_WAIT_S:g} s"
+            )
+            time.sleep(AGENT_WAIT_S)
     echo(f"submitted {job_id} to {address}")
     if not wait:
         return job_id, "PENDING"

@@ -84,6 +84,21 @@ def _listener(port: int) -> str:
     raise AssertionError(f"no process of ours listens on {port}")
 
 
+def _pids() -> set[int]:
+    return {int(p.name) for p in Path("/proc").glob("[0-9]*")}
+
+
+def _stop_ray_leftovers(pids: set[int]) -> None:
+    """Ray's own processes that outlive a SIGKILLed driver (its dashboard and runtime-env
+    agents): left running, the dashboard agent keeps its fixed port (52365) and a later Ray
+    instance on this machine has no job agent. HAProxy is the command's to clear, not this."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+            if b"haproxy" not in cmdline.split(b"\0")[0] and (b"ray::" in cmdline or b"/ray/" in cmdline):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _start_serving(config: Path, env: dict, log: Path, port: int) -> subprocess.Popen:
     """`pipeline serve` in its own process, once it has said it serves and /healthz answers."""
     import httpx
@@ -131,6 +146,7 @@ def test_sigterm_stops_serve_and_deletes_the_app(proxy, tiny_models, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "local", "BERT_PIPELINE_API_KEYS": "k-one,k-two"}
     env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
     if proxy == "haproxy":
+        before = _pids()
         killed = _start_serving(config, env, tmp_path / "killed.log", port)
         killed.kill()
         killed.wait(30)
@@ -139,6 +155,7 @@ def test_sigterm_stops_serve_and_deletes_the_app(proxy, tiny_models, tmp_path):
             time.sleep(0.5)
         assert orphans(), "the killed server's HAProxy is expected to live on"
         assert _listener(port) == "haproxy"
+        _stop_ray_leftovers(_pids() - before)
     log = tmp_path / "serve.log"
     proc = _start_serving(config, env, log, port)
     try:
