@@ -7,10 +7,14 @@ different set-ups.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # The head's `--system-config` for a night's cluster (cluster.yaml; the bench and test clusters
 # use it too; Ray hands it to every node that joins).
@@ -71,6 +75,7 @@ def ensure_ray(address: str | None, local_env: Mapping[str, str] | None = None) 
     else:
         # "local": a new instance, never one that a `ray start` left running here (or a dead
         # one's address file, which ray.init() would wait on for minutes)
+        stop_orphaned_agents()
         for key, value in (local_env or {}).items():
             os.environ.setdefault(key, value)  # Ray's processes inherit the driver's environment
         ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
@@ -78,6 +83,38 @@ def ensure_ray(address: str | None, local_env: Mapping[str, str] | None = None) 
         # Ray's core worker installs a crash handler for SIGTERM that dumps a stack trace:
         # a caller that chose how to stop (the CLI stops as on Ctrl-C) keeps its choice.
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+RAY_AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+
+
+def orphaned_agents(proc: Path = Path("/proc")) -> list[int]:
+    """Ray's dashboard and runtime-env agents whose raylet is gone. They outlive a local
+    instance whose driver was killed outright (SIGKILL, the OOM killer), and the dashboard agent
+    keeps its fixed port (52365): the next Ray instance on the machine then has no job agent
+    (`No available agent to submit job`)."""
+    found = []
+    for entry in proc.glob("[0-9]*"):
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(RAY_AGENTS):
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = (proc / str(ppid) / "cmdline").read_bytes() if ppid > 1 else b""
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if b"raylet" not in parent.split(b"\0")[0]:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_orphaned_agents() -> None:
+    """Before a local instance starts: stop the agents a killed one left (see orphaned_agents)."""
+    import os
+
+    for pid in orphaned_agents():
+        log.warning("stopping Ray agent pid %d, left behind by a Ray instance that was killed", pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # on SIGTERM they wait on their dead GCS
 
 
 def cpu_tasks(configured: int | None) -> int:

@@ -1,5 +1,5 @@
-"""Serve's HTTP front: the HAProxy processes a killed local instance leaves behind are found
-(and only those), and HAProxy failing to bind reads as one line naming what holds the port."""
+"""What a killed local instance leaves behind (Serve's HAProxy, Ray's agents) is found, and only
+that, and stopped by the next start; HAProxy failing to bind reads as one line naming the holders."""
 
 from __future__ import annotations
 
@@ -73,3 +73,23 @@ def test_haproxy_without_a_binary_is_refused_before_ray_starts(monkeypatch):
     with pytest.raises(ConfigError, match="needs an HAProxy binary"):
         serve_front.local_env("haproxy")
     assert serve_front.local_env(None) == {}
+
+
+def test_ray_agents_whose_raylet_is_gone_are_stopped_before_a_local_start():
+    """What a SIGKILLed driver's local Ray leaves besides HAProxy: its dashboard agent, on a
+    fixed port. A stand-in whose parent is this test, not a raylet, counts as left behind."""
+    from pipeline.cluster import orphaned_agents, stop_orphaned_agents
+
+    agent = subprocess.Popen(["bash", "-c", 'exec -a "ray::DashboardAgent" sleep 60'])
+    other = subprocess.Popen(["bash", "-c", 'exec -a "ray::IDLE" sleep 60'])
+    try:
+        time.sleep(0.5)
+        found = orphaned_agents()
+        assert agent.pid in found and other.pid not in found
+        stop_orphaned_agents()
+        assert agent.wait(10) != 0
+        assert other.poll() is None
+    finally:
+        for p in (agent, other):
+            p.kill()
+            p.wait()

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import _free_port, batch_config, read_output, tiny_config, write_corpus
 
+from pipeline.cluster import orphaned_agents
 from pipeline.serve_front import orphans
 
 # What must never reach an operator's terminal on a clean stop or a normal run.
@@ -84,21 +85,6 @@ def _listener(port: int) -> str:
     raise AssertionError(f"no process of ours listens on {port}")
 
 
-def _pids() -> set[int]:
-    return {int(p.name) for p in Path("/proc").glob("[0-9]*")}
-
-
-def _stop_ray_leftovers(pids: set[int]) -> None:
-    """Ray's own processes that outlive a SIGKILLed driver (its dashboard and runtime-env
-    agents): left running, the dashboard agent keeps its fixed port (52365) and a later Ray
-    instance on this machine has no job agent. HAProxy is the command's to clear, not this."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
-            if b"haproxy" not in cmdline.split(b"\0")[0] and (b"ray::" in cmdline or b"/ray/" in cmdline):
-                os.kill(pid, signal.SIGKILL)
-
-
 def _start_serving(config: Path, env: dict, log: Path, port: int) -> subprocess.Popen:
     """`pipeline serve` in its own process, once it has said it serves and /healthz answers."""
     import httpx
@@ -145,17 +131,18 @@ def test_sigterm_stops_serve_and_deletes_the_app(proxy, tiny_models, tmp_path):
     # its own Ray, as on a fresh machine; keys from the environment, as in production
     env = {**os.environ, "RAY_ADDRESS": "local", "BERT_PIPELINE_API_KEYS": "k-one,k-two"}
     env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    left_agents: list[int] = []
     if proxy == "haproxy":
-        before = _pids()
         killed = _start_serving(config, env, tmp_path / "killed.log", port)
         killed.kill()
         killed.wait(30)
         deadline = time.time() + 60
-        while not orphans() and time.time() < deadline:  # its Ray processes notice, and end
+        while not (orphans() and orphaned_agents()) and time.time() < deadline:  # its raylet ends
             time.sleep(0.5)
         assert orphans(), "the killed server's HAProxy is expected to live on"
+        left_agents = orphaned_agents()
+        assert left_agents, "and Ray's agents, one of them on its fixed port"
         assert _listener(port) == "haproxy"
-        _stop_ray_leftovers(_pids() - before)
     log = tmp_path / "serve.log"
     proc = _start_serving(config, env, log, port)
     try:
@@ -174,7 +161,12 @@ def test_sigterm_stops_serve_and_deletes_the_app(proxy, tiny_models, tmp_path):
             proc.kill()
     text = log.read_text()
     assert "stopped (SIGTERM): the app was deleted" in text
-    assert ("left behind by a Ray instance that was killed" in text) == (proxy == "haproxy")
+    assert ("HAProxy pid" in text and "left behind by a Ray instance that was killed" in text) == (
+        proxy == "haproxy"
+    )
+    assert ("stopping Ray agent pid" in text) == (proxy == "haproxy")
+    if proxy == "haproxy":  # the second start stopped the first one's agents
+        assert not {pid for pid in left_agents if Path(f"/proc/{pid}").exists()}
     _assert_quiet(text)
     with socket.socket() as s:  # the local Ray and its HTTP front went with the command
         assert s.connect_ex(("127.0.0.1", port)) != 0
