@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -88,23 +88,29 @@ def ensure_ray(address: str | None, local_env: Mapping[str, str] | None = None) 
 RAY_AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 
 
+def processes(proc: Path = Path("/proc")) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """Each process readable here: its pid, its arguments, and its parent's command line
+    (empty when the parent is gone or is init)."""
+    for entry in proc.glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = (proc / str(ppid) / "cmdline").read_bytes() if ppid > 1 else b""
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        yield int(entry.name), args, parent
+
+
 def orphaned_agents(proc: Path = Path("/proc")) -> list[int]:
     """Ray's dashboard and runtime-env agents whose raylet is gone. They outlive a local
     instance whose driver was killed outright (SIGKILL, the OOM killer), and the dashboard agent
     keeps its fixed port (52365): the next Ray instance on the machine then has no job agent
     (`No available agent to submit job`)."""
-    found = []
-    for entry in proc.glob("[0-9]*"):
-        try:
-            if not (entry / "cmdline").read_bytes().startswith(RAY_AGENTS):
-                continue
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            parent = (proc / str(ppid) / "cmdline").read_bytes() if ppid > 1 else b""
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-        if b"raylet" not in parent.split(b"\0")[0]:
-            found.append(int(entry.name))
-    return found
+    return [
+        pid
+        for pid, args, parent in processes(proc)
+        if args[0].startswith(RAY_AGENTS) and b"raylet" not in parent.split(b"\0")[0]
+    ]
 
 
 def stop_orphaned_agents() -> None:

@@ -22,6 +22,7 @@ import signal
 from pathlib import Path
 from typing import Literal
 
+from pipeline.cluster import processes
 from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -71,17 +72,11 @@ def _serve_haproxies(proc: Path) -> dict[int, bytes]:
     from ray.serve._private.constants import RAY_SERVE_HAPROXY_CONFIG_FILE_LOC
 
     config_dir = os.path.dirname(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC).encode()
-    found = {}
-    for entry in proc.glob("[0-9]*"):
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            if not args[0].endswith(b"haproxy") or not any(a.startswith(config_dir) for a in args):
-                continue
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            found[int(entry.name)] = (proc / str(ppid) / "cmdline").read_bytes() if ppid > 1 else b""
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-    return found
+    return {
+        pid: parent
+        for pid, args, parent in processes(proc)
+        if args[0].endswith(b"haproxy") and any(a.startswith(config_dir) for a in args)
+    }
 
 
 def orphans(proc: Path = Path("/proc")) -> list[int]:
