@@ -18,13 +18,16 @@ import time
 from typing import Any
 
 from ray.data._internal.execution.execution_callback import ExecutionCallback
+from ray.data.exceptions import ExecutionTimeoutError
 
 log = logging.getLogger(__name__)
 _watching: list[PlacementWatch] = []  # the watches of this process's running nights
 
 
-class NoActorNodeError(RuntimeError):
-    """No alive node can host an inference actor (resources named in the message)."""
+class NoActorNodeError(ExecutionTimeoutError):
+    """No alive node can host an inference actor (resources named in the message). Ray Data's
+    kind for "the cluster can no longer schedule this work": it then keeps the stack trace in
+    its log file, off the operator's console, where it would ask them to report a Ray bug."""
 
 
 def actor_needs(cpus: float, gpus: float, resources: dict[str, float]) -> dict[str, float]:
@@ -86,7 +89,7 @@ class PlacementWatch:
                     "output written so far is kept: run the same command again once such a node is back "
                     "and the run resumes (ray.actor_node_timeout_s sets how long to wait)"
                 )
-                log.error(self.tripped)
+                log.debug("tripped: %s", self.tripped)  # the night's error line says it once
                 return
 
 

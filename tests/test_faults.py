@@ -151,48 +151,6 @@ def _actor_raylet(cluster: LocalCluster) -> int:
     return found
 
 
-def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(tiny_models, tmp_path):
-    """One night, two node losses (SIGKILL of the whole raylet). The first: the actor restarts
-    on the other inference node and the night goes on. The second leaves no node that can host
-    it: the run fails in one line with nothing published; a node comes back and the rerun
-    labels exactly what was not yet written. (Two scenarios in one cluster: CI time.)"""
-    path, out, ids = _night_config(
-        tmp_path, tiny_models, 8, 600, infer_resources={"infer": 1}, actor_node_timeout_s=5
-    )
-    # The head has the CPU that encode/decode keep after both inference nodes are gone (one
-    # `ray start` less than a separate CPU node: CI time); node death is noticed within ~2 s.
-    nodes = [Node(cpus=1, resources={"infer": 1}), Node(cpus=1, resources={"infer": 1})]
-    fast_death = {"health_check_period_ms": 1000, "health_check_failure_threshold": 2}
-    with LocalCluster(nodes, head=Node(cpus=1, object_store_gib=0.5), system_config=fast_death) as cluster:
-        run = _run_cli(path, cluster, tmp_path / "run.log")
-        _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
-        first = _actor_raylet(cluster)
-        os.kill(first, signal.SIGKILL)  # the whole node: raylet, object store, its workers
-        staged = _staged(out)
-        _wait(lambda: _staged(out) > staged, 300, "the night to go on without that node", run)
-        second = _actor_raylet(cluster)
-        assert second != first, "the actor moved to the other inference node"
-        os.kill(second, signal.SIGKILL)  # now no alive node has the `infer` resource
-        assert run.wait(timeout=300) == 1, (tmp_path / "run.log").read_text()[-4000:]
-        log = (tmp_path / "run.log").read_text()
-        last = log.strip().splitlines()[-1]
-        assert last.startswith("error: no alive node of the cluster can host an inference actor"), log[-3000:]
-        assert "infer 1" in last and "resumes" in last
-        assert not (out / "_SUCCESS").exists() and not _published(out)
-
-        # the operator brings a node back, with a CPU to spare beside the actor's: on one CPU,
-        # encode tasks took it first and the actor waited 9 s for a turn (CI time)
-        cluster.add(Node(cpus=2, resources={"infer": 1}))
-        done_before = Publisher(LocalFileSystem(), str(out)).checkpointed()
-        assert done_before >= 1000, "output written before the losses is kept"
-        rerun = _run_cli(path, cluster, tmp_path / "rerun.log")
-        assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-4000:]
-    report = json.loads((out / "_report.json").read_text())
-    assert report["resumed"] is True and report["output_rows"] == len(ids)
-    assert report["documents"] == len(ids) - done_before, "the rerun labels only what was not written"
-    assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
-
-
 def _raylet_running(cluster: LocalCluster, match) -> int | None:
     """The raylet of a node with a worker process whose title `match`es, if any."""
     kids = children()
@@ -215,12 +173,17 @@ def _worker_raylet(cluster: LocalCluster) -> int:
     raise LookupError("no worker node")
 
 
+# A worker node that can also host an inference actor: a night that asks for `infer` runs its
+# actors there (and its encode tasks anywhere); one that does not ignores the resource.
+INFER_NODE = Node(cpus=2, resources={"infer": 1})
+
+
 @pytest.fixture(scope="module")
 def cpu_less_head_cluster():
     """An operator's cluster: a head with no CPUs (driver, GCS) and two 2-CPU worker nodes; a
     lost node is noticed within ~2 s."""
     fast_death = {"health_check_period_ms": 1000, "health_check_failure_threshold": 2}
-    with LocalCluster([Node(cpus=2), Node(cpus=2)], system_config=fast_death) as cluster:
+    with LocalCluster([INFER_NODE, INFER_NODE], system_config=fast_death) as cluster:
         yield cluster
 
 
@@ -272,7 +235,7 @@ def test_a_lost_worker_node_costs_the_night_nothing(cpu_less_head_cluster, tiny_
         os.kill(run.pid, signal.SIGSTOP)
     began, staged = (out / "_staging" / "run.json").exists(), _staged(out)
     os.kill(victim, signal.SIGKILL)
-    replacement = threading.Thread(target=cluster.add, args=(Node(cpus=2),))
+    replacement = threading.Thread(target=cluster.add, args=(INFER_NODE,))
     replacement.start()
     if moment == "publish":
         time.sleep(3)  # health checks every second, two missed: the node is dead
@@ -288,6 +251,46 @@ def test_a_lost_worker_node_costs_the_night_nothing(cpu_less_head_cluster, tiny_
     assert code == 0, log[-4000:]
     report = json.loads((out / "_report.json").read_text())
     assert report["status"] == "complete" and report["output_rows"] == len(ids)
+    assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
+
+
+def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(
+    cpu_less_head_cluster, tiny_models, tmp_path
+):
+    """One night, two node losses (SIGKILL of the whole raylet). The first: the actor restarts
+    on the other inference node and the night goes on. The second leaves no node that can host
+    it: the run fails in one line with nothing published; a node comes back and the rerun
+    labels exactly what was not yet written. On the module's cluster, after the cases above
+    (both scenarios in one night, and one cluster for the module: CI time)."""
+    cluster = cpu_less_head_cluster
+    path, out, ids = _night_config(
+        tmp_path, tiny_models, 8, 600, infer_resources={"infer": 1}, actor_node_timeout_s=2
+    )
+    run = _run_cli(path, cluster, tmp_path / "run.log")
+    _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
+    first = _actor_raylet(cluster)
+    os.kill(first, signal.SIGKILL)  # the whole node: raylet, object store, its workers
+    staged = _staged(out)
+    _wait(lambda: _staged(out) > staged, 300, "the night to go on without that node", run)
+    second = _actor_raylet(cluster)
+    assert second != first, "the actor moved to the other inference node"
+    os.kill(second, signal.SIGKILL)  # now no alive node has the `infer` resource (nor a CPU)
+    assert run.wait(timeout=300) == 1, (tmp_path / "run.log").read_text()[-4000:]
+    log = (tmp_path / "run.log").read_text()
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: no alive node of the cluster can host an inference actor"), log[-3000:]
+    assert "infer 1" in last and "resumes" in last
+    assert "Traceback" not in log and log.count("no alive node") == 1, "one line, no Ray stack trace"
+    assert not (out / "_SUCCESS").exists() and not _published(out)
+
+    cluster.add(INFER_NODE)  # the operator brings a node back
+    done_before = Publisher(LocalFileSystem(), str(out)).checkpointed()
+    assert done_before >= 1000, "output written before the losses is kept"
+    rerun = _run_cli(path, cluster, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-4000:]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["resumed"] is True and report["output_rows"] == len(ids)
+    assert report["documents"] == len(ids) - done_before, "the rerun labels only what was not written"
     assert [r["id"] for r in read_output(out)] == sorted(ids), "every id exactly once"
 
 
