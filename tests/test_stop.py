@@ -1,10 +1,11 @@
 """SIGTERM (what kill, systemd and Kubernetes send) stops `pipeline run` and `pipeline serve` as
-cleanly as Ctrl-C: one line saying what was left, no stack dump, and a stopped night resumes.
-Their consoles carry none of Ray's INFO lines."""
+cleanly as Ctrl-C: one line saying what was left, no stack dump, and a stopped night resumes,
+as a crashed (SIGKILLed) one does. Their consoles carry none of Ray's INFO lines."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import _free_port, batch_config, read_output, tiny_config, write_corpus
+from pyarrow.fs import LocalFileSystem
+
+from pipeline.publish import Publisher
 
 # What must never reach an operator's terminal on a clean stop or a normal run.
 CRASH_LOOK = ("Traceback", "SIGTERM received", "*** ", "core_worker.cc")
@@ -39,8 +43,12 @@ def _assert_quiet(text: str) -> None:
     assert not RAY_INFO.search(text), f"a Ray INFO line on the console:\n{text[-3000:]}"
 
 
-def test_sigterm_stops_a_night_that_then_resumes(ray_cluster, tiny_models, tmp_path):
-    ids = write_corpus(tmp_path / "in", n_files=6, rows_per_file=120)
+def test_a_night_killed_then_stopped_resumes_each_time_with_every_id_once(ray_cluster, tiny_models, tmp_path):
+    """A crash first (SIGKILL to the driver's process group: nothing runs on the way out), then
+    an operator's stop (SIGTERM to the command alone, as Kubernetes sends it: one line, no
+    stack dump), then the same command finishes the night. Each rerun labels only what was not
+    yet written. (Both stops in one night: CI time.)"""
+    ids = write_corpus(tmp_path / "in", n_files=8, rows_per_file=120)
     out = tmp_path / "out"
     cfg = batch_config(*tiny_models, str(tmp_path / "in"), str(out), tmp_path / "cache")
     cfg["ray"]["docs_per_batch"] = 50
@@ -48,23 +56,46 @@ def test_sigterm_stops_a_night_that_then_resumes(ray_cluster, tiny_models, tmp_p
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "c.yaml")]
     cmd += ["--address", ray_cluster.address, "--show", "0"]
-    log = tmp_path / "first.log"
-    with open(log, "w") as f:
-        first = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     staged = out / "_staging" / "data"
-    _wait_for(lambda: staged.exists() and len(list(staged.glob("*.parquet"))) >= 2, 300, first, log)
-    first.send_signal(signal.SIGTERM)  # to the command alone, as Kubernetes does
-    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+
+    def files() -> int:
+        return len(list(staged.glob("*.parquet"))) if staged.exists() else 0
+
+    def durable() -> int:  # ids whose output is committed (the checkpoint)
+        return Publisher(LocalFileSystem(), str(out)).checkpointed()
+
+    log = tmp_path / "crashed.log"
+    with open(log, "w") as f:
+        crashed = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for(lambda: files() >= 2, 300, crashed, log)
+    os.killpg(crashed.pid, signal.SIGKILL)
+    crashed.wait()
+    after_crash = files()
+    assert not (out / "_SUCCESS").exists() and durable() > 0
+
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as f:
+        stopped = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    _wait_for(lambda: files() > after_crash, 300, stopped, log)  # the rerun got going
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=60) == 128 + signal.SIGTERM
     text = log.read_text()
+    assert "resuming" in text
     assert "stopped (SIGTERM): what was written stays staged; the same command resumes the night" in text
     _assert_quiet(text)
     assert not (out / "_SUCCESS").exists()
+    before_last = durable()
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming" in second.stdout
-    _assert_quiet(second.stdout + second.stderr)
+    last = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert "resuming" in last.stdout
+    _assert_quiet(last.stdout + last.stderr)
     assert [r["id"] for r in read_output(out)] == sorted(ids), "each input id exactly once"
+    report = json.loads((out / "_report.json").read_text())
+    assert report["resumed"] is True
+    assert report["documents"] == len(ids) - before_last, (
+        "the last run labels exactly what was not yet written"
+    )
 
 
 def _listener(port: int) -> str:
