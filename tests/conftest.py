@@ -187,6 +187,12 @@ def assert_rows_close(a: list[dict], b: list[dict], tol: float = 1e-4) -> None:
             assert abs(e["score"] - f["score"]) <= tol
 
 
+# The session cluster's HTTP front: Serve's proxy by default (CI), `haproxy` to run every Serve
+# test behind HAProxy instead (BERT_PIPELINE_TEST_FRONT=haproxy; docs/operations.md).
+TEST_FRONT = os.environ.get("BERT_PIPELINE_TEST_FRONT", "ray")
+assert TEST_FRONT in ("ray", "haproxy"), f"BERT_PIPELINE_TEST_FRONT={TEST_FRONT!r}: ray or haproxy"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real Ray cluster for the whole session: a head (2 CPUs, dashboard for the Jobs API)
@@ -197,6 +203,9 @@ def ray_cluster():
     from ray.cluster_utils import Cluster
 
     from pipeline.cluster import HEAD_SYSTEM_CONFIG
+    from pipeline.serve_front import local_env
+
+    os.environ.update(local_env(TEST_FRONT))  # the cluster's processes start with it
 
     port = _free_port()
     cluster = Cluster(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 
 import httpx
 import pytest
-from conftest import assert_rows_close, batch_config, deployed, read_output, tiny_config
+from conftest import TEST_FRONT, assert_rows_close, batch_config, deployed, read_output, tiny_config
 
 from pipeline import Annotator, PipelineConfig, batch
 
@@ -330,12 +331,16 @@ def test_single_layout_serves_from_one_replica_on_ort_and_equals_the_annotator(
 
 
 def test_a_config_asking_for_the_front_the_cluster_does_not_run_is_refused(serve_base):
-    """The session cluster's Serve runs its Python proxy: a config asking for HAProxy is told
-    how to get it, instead of being served quietly through the proxy."""
+    """A config asking for the front the session cluster's Serve does not run is told how to
+    get it, instead of being served quietly through the other one."""
     from pipeline.config import ConfigError
     from pipeline.serve_front import check
 
-    assert check(None) == "ray"
-    assert check("ray") == "ray"
-    with pytest.raises(ConfigError, match="RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`"):
-        check("haproxy")
+    ours, other = TEST_FRONT, {"ray": "haproxy", "haproxy": "ray"}[TEST_FRONT]
+    assert check(None) == ours and check(ours) == ours
+    how = {
+        "haproxy": "RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`",
+        "ray": "unset it there",
+    }
+    with pytest.raises(ConfigError, match=re.escape(how[other])):
+        check(other)
