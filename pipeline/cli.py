@@ -279,10 +279,10 @@ def _stop(signum: int, frame: object) -> None:
     raise Stopped()
 
 
-# What a stop leaves behind, per command: the operator's next step.
+# What a stop leaves behind, per command: the operator's next step (a stopped server says
+# itself what became of its app: pipeline.serve.ServeStopped).
 AFTER_STOP = {
     "run": "what was written stays staged; the same command resumes the night",
-    "serve": "the app was deleted",
 }
 
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        after = AFTER_STOP.get(args.command)
+        after = getattr(exc, "after", None) or AFTER_STOP.get(args.command)
         print(f"stopped ({signal.Signals(signum).name}){': ' + after if after else ''}", file=sys.stderr)
         # a server asked to stop has done its job; any other command did not finish
         return 0 if args.command == "serve" else 128 + signum

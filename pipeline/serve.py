@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -835,18 +836,29 @@ def start(cfg: PipelineConfig, *, blocking: bool = False) -> str:
         try:
             while True:
                 time.sleep(3600)
-        finally:
-            delete_within(cfg.serve.app_name, STOP_TIMEOUT_S)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (pipeline.cli.Stopped)
+            after = delete_within(cfg.serve.app_name, STOP_TIMEOUT_S)
+            raise ServeStopped(getattr(stop, "signum", signal.SIGINT), after) from None
     return url
 
 
 STOP_TIMEOUT_S = 30.0
 
 
-def delete_within(app: str, timeout_s: float) -> bool:
+class ServeStopped(KeyboardInterrupt):
+    """A stopped server; `after` says what became of its app (the stop's last line)."""
+
+    def __init__(self, signum: int, after: str) -> None:
+        super().__init__(after)
+        self.signum = signum
+        self.after = after
+
+
+def delete_within(app: str, timeout_s: float) -> str:
     """Delete the app, giving up after `timeout_s`: a stop must end even when the cluster is
     going down at the same time (systemd sends SIGTERM to every process of the unit, the local
-    Ray's raylet included, and a delete then waits on it forever)."""
+    Ray's raylet included, and a delete then waits on it forever). Returns what became of the
+    app, for the stop's last line: it must not claim a deletion it did not see."""
     done = threading.Event()
 
     def delete() -> None:
@@ -857,10 +869,6 @@ def delete_within(app: str, timeout_s: float) -> bool:
             log.warning("deleting the app %s failed: %s", app, exc)
 
     threading.Thread(target=delete, name="serve-delete", daemon=True).start()
-    if not done.wait(timeout_s):
-        log.warning(
-            "the app %s was not confirmed deleted within %.0f s (is the cluster stopping too?)",
-            app,
-            timeout_s,
-        )
-    return done.is_set()
+    if done.wait(timeout_s):
+        return "the app was deleted"
+    return f"the app was not confirmed deleted within {timeout_s:.0f} s (is the cluster stopping too?)"
