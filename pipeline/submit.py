@@ -10,6 +10,7 @@ import shlex
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -54,15 +55,16 @@ def submit(
     if rel_config.is_absolute() and rel_config.is_relative_to(Path(working_dir).resolve()):
         rel_config = rel_config.relative_to(Path(working_dir).resolve())
     # an absolute path outside the working dir must exist on the cluster as-is
-    submission_id = f"bert-pipeline-{date or 'yesterday'}-{uuid.uuid4().hex[:8]}"
+    submit_once = partial(  # the same submission on every attempt, under one id: never two jobs
+        client.submit_job,
+        entrypoint=entrypoint(str(rel_config), date, overrides or [], overwrite),
+        runtime_env={"working_dir": working_dir, "excludes": EXCLUDES},
+        metadata={"job": "bert-pipeline-nightly", "date": date or ""},
+        submission_id=f"bert-pipeline-{date or 'yesterday'}-{uuid.uuid4().hex[:8]}",
+    )
     for attempt in range(1, AGENT_RETRIES + 1):
         try:
-            job_id = client.submit_job(
-                entrypoint=entrypoint(str(rel_config), date, overrides or [], overwrite),
-                runtime_env={"working_dir": working_dir, "excludes": EXCLUDES},
-                metadata={"job": "bert-pipeline-nightly", "date": date or ""},
-                submission_id=submission_id,
-            )
+            job_id = submit_once()
             break
         except RuntimeError as exc:
             if NO_AGENT not in str(exc) or attempt == AGENT_RETRIES:
