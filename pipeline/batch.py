@@ -85,17 +85,20 @@ def run(
     phases.mark("inputs_listed")
     counts: dict[str, Any] = {}
     if not pub.written():
+        id_check = None
+        if cfg.input.check_unique_ids:  # a small input's check runs while Ray starts
+            from pipeline.idcheck import start_id_check
+
+            id_check = start_id_check(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
         ensure_ray(address or cfg.ray.address)
         phases.mark("ray_ready")
         if cfg.runtime.backend == "serve":  # before any work: the app must hold these very models
             from pipeline.infer_stage import check_served_models
 
             check_served_models(cfg, meta["models"])
-        if cfg.input.check_unique_ids:
-            from pipeline.idcheck import check_unique_ids
-
+        if id_check is not None:
             with quiet_ray_data_console():
-                checked = check_unique_ids(inputs, in_fs, id_col, cfg.ray.cpus_per_task)
+                checked = id_check()
             counts["id_check_s"] = checked.seconds
             phases.mark("ids_checked")
     revisions = {name: m["revision"] for name, m in meta["models"].items()}

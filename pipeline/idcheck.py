@@ -1,10 +1,12 @@
-"""Ids unique and not null across the whole input, checked on the cluster before any work.
+"""Ids unique and not null across the whole input, checked before any work.
 
 Resume skips the ids already written, so a repeated id would lose a row on resume and a
 null one could not be resumed at all. Split tasks read the id column of a share of the
 files and send each id to one of `parts` partitions by hash; one task per partition then
 looks for repeats. Every task holds at most about `CHUNK_IDS` ids and the driver holds
-object refs and counters only, so the check costs the same memory at any corpus size.
+object refs and counters only, so the check costs the same memory at any corpus size. An
+input of one share is checked by the driver itself, while Ray starts: it holds no more ids
+than a task would.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -37,23 +40,62 @@ class IdCheck:
     tasks: int
 
 
+def start_id_check(
+    inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float
+) -> Callable[[], IdCheck]:
+    """Begin the check; the returned call waits for its verdict (raising InputError).
+
+    An input of one share (at most about CHUNK_IDS rows) is read in a thread of the driver,
+    the very work one task would do, so it needs no Ray and overlaps Ray's start: that took
+    it off the start-up's critical path (0.4 s of a small night). A larger input is checked by
+    tasks on the cluster when the call comes, so Ray must be up by then."""
+    groups = _shares(inputs)
+    if len(groups) > 1:
+        return partial(_check_on_cluster, inputs, groups, fs, id_column, cpus)
+    started = time.time()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="id-check")
+    verdict = pool.submit(_check_here, inputs, groups[0], fs, id_column, started)
+    pool.shutdown(wait=False)
+    return verdict.result
+
+
 def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float) -> IdCheck:
     """Raise InputError naming some repeated ids (or counting null ones); else say what it cost."""
+    return start_id_check(inputs, fs, id_column, cpus)()
+
+
+def _check_here(
+    inputs: InputFiles, paths: list[str], fs: pafs.FileSystem, id_column: str, started: float
+) -> IdCheck:
+    nulls, *pieces = split_ids(paths, fs, id_column, 1)
+    _refuse_nulls(nulls, id_column)
+    _refuse_repeats([find_repeats(*pieces)], id_column)
+    return IdCheck(inputs.rows, time.time() - started, 0)
+
+
+def _check_on_cluster(
+    inputs: InputFiles, groups: list[list[str]], fs: pafs.FileSystem, id_column: str, cpus: float
+) -> IdCheck:
     started = time.time()
     parts = max(1, min(MAX_PARTS, math.ceil(inputs.rows / CHUNK_IDS)))
     window = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    groups = _shares(inputs)
-    # one task runs where the driver is, on a worker the night then reuses; several are spread
-    where = "SPREAD" if len(groups) > 1 else "DEFAULT"
-    split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy=where)
+    split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy="SPREAD")
     shares = _windowed([partial(split.remote, paths, fs, id_column, parts) for paths in groups], window)
-    nulls = sum(ray.get([share[0] for share in shares]))
-    if nulls:
-        raise InputError(f"{nulls} input rows have a null {id_column!r}; every row needs an id")
-    find = _repeats.options(num_cpus=cpus, scheduling_strategy=where)
+    _refuse_nulls(sum(ray.get([share[0] for share in shares])), id_column)
+    find = _repeats.options(num_cpus=cpus, scheduling_strategy="SPREAD")
     found = ray.get(
         _windowed([partial(find.remote, *[s[1 + p] for s in shares]) for p in range(parts)], window)
     )
+    _refuse_repeats(found, id_column)
+    return IdCheck(inputs.rows, time.time() - started, len(shares) + parts)
+
+
+def _refuse_nulls(nulls: int, id_column: str) -> None:
+    if nulls:
+        raise InputError(f"{nulls} input rows have a null {id_column!r}; every row needs an id")
+
+
+def _refuse_repeats(found: list[tuple[int, list]], id_column: str) -> None:
     repeated = sum(n for n, _ in found)
     if repeated:
         examples = ", ".join(repr(v) for _, ex in found for v in ex)
@@ -62,7 +104,6 @@ def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cp
             "ids must be unique, because resume skips the ids already written. De-duplicate the "
             "input, or set input.check_unique_ids: false if you accept that risk"
         )
-    return IdCheck(inputs.rows, time.time() - started, len(shares) + parts)
 
 
 def _windowed(submits: list[Callable[[], Any]], window: int) -> list[Any]:
@@ -116,10 +157,8 @@ def _canonical(values: pa.Array) -> pa.Array:
     return values
 
 
-# Not max_calls=1, so that the night reuses these workers: a fresh worker per task cost 6-7 s
-# on every run here. `_windowed` keeps their number at the cluster's CPUs instead.
-@ray.remote
-def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
+def split_ids(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int) -> tuple:
+    """Null count, then the ids of `paths` in `parts` partitions by hash."""
     nulls = 0
     pieces: list[list[pa.Array]] = [[] for _ in range(parts)]
     for path in paths:
@@ -142,11 +181,17 @@ def _split(paths: list[str], fs: pafs.FileSystem, id_column: str, parts: int):
     return (nulls, *[pa.chunked_array(p) if p else pa.chunked_array([], pa.int64()) for p in pieces])
 
 
-@ray.remote
-def _repeats(*pieces: pa.ChunkedArray) -> tuple[int, list]:
+def find_repeats(*pieces: pa.ChunkedArray) -> tuple[int, list]:
+    """How many ids repeat within one partition, and up to five of them."""
     chunks = [c for p in pieces for c in p.chunks if len(c)]
     if not chunks:
         return 0, []
     counts = pc.value_counts(pa.chunked_array(chunks))
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     return len(repeated), repeated.field("values")[:5].to_pylist()
+
+
+# Not max_calls=1, so that the night reuses these workers: a fresh worker per task cost 6-7 s
+# on every run here. `_windowed` keeps their number at the cluster's CPUs instead.
+_split = ray.remote(split_ids)
+_repeats = ray.remote(find_repeats)

@@ -202,10 +202,11 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.cluster import HEAD_SYSTEM_CONFIG
+    from pipeline.cluster import CONNECT_ENV, HEAD_SYSTEM_CONFIG
     from pipeline.serve_front import local_env
 
-    os.environ.update(local_env(TEST_FRONT))  # the cluster's processes start with it
+    # the cluster's processes start with it, as a local instance's do (pipeline.cluster)
+    os.environ.update({**CONNECT_ENV, **local_env(TEST_FRONT)})
 
     port = _free_port()
     cluster = Cluster(
