@@ -124,12 +124,17 @@ def _night_config(
     return path, out, ids
 
 
-def _run_cli(path: Path, cluster: LocalCluster, log: Path) -> subprocess.Popen:
+# `pipeline run` with ids checked in shares of this many rows instead of 250,000, so that a small
+# night's check runs as tasks on the cluster (one share is checked by the driver itself)
+SHARES_OF = "import sys, pipeline.idcheck as c; c.CHUNK_IDS = int(sys.argv.pop(1)); from pipeline.cli import entry; sys.exit(entry())"
+
+
+def _run_cli(path: Path, cluster: LocalCluster, log: Path, share_rows: int | None = None) -> subprocess.Popen:
     """`pipeline run` as an operator starts it against that cluster (its token, its address)."""
+    command = ["-m", "pipeline.cli"] if share_rows is None else ["-c", SHARES_OF, str(share_rows)]
     cmd = [
         sys.executable,
-        "-m",
-        "pipeline.cli",
+        *command,
         "run",
         str(path),
         "--address",
@@ -188,7 +193,7 @@ def cpu_less_head_cluster():
 
 
 def _id_check(title: str) -> bool:
-    return title.startswith(("ray::_split", "ray::_repeats"))
+    return title.startswith(("ray::split_ids", "ray::find_repeats"))
 
 
 def _inference(title: str) -> bool:
@@ -205,8 +210,9 @@ MOMENTS = {
     "publish": (lambda c, out: (out / "_staging" / "WRITTEN").exists() and _worker_raylet(c)),
 }
 # The night's shape per moment: (input files, rows each, output rows per file). The id check
-# reads every file's ids, so many small files give it time to be seen; many output files give
-# the publish (which reads and moves each) time to be seen. 5,000-6,000 documents each.
+# reads every file's ids, so many small files give it time to be seen (in two shares, two
+# tasks, each reading 32 files: see SHARES_OF); many output files give the publish (which reads
+# and moves each) time to be seen. 5,000-6,000 documents each.
 SHAPES = {
     "id_check": (64, 80, 640),
     "before_first_block": (8, 750, 750),
@@ -227,7 +233,7 @@ def test_a_lost_worker_node_costs_the_night_nothing(cpu_less_head_cluster, tiny_
     cfg = yaml.safe_load(path.read_text())
     cfg["output"].update(min_rows_per_file=per_file, max_rows_per_file=2 * per_file)
     path.write_text(yaml.safe_dump(cfg))
-    run = _run_cli(path, cluster, tmp_path / "run.log")
+    run = _run_cli(path, cluster, tmp_path / "run.log", share_rows=32 * 80 if moment == "id_check" else None)
     # the id check and the publish take a fraction of a second: look often
     every = 0.2 if moment in ("before_first_block", "mid_write") else 0.01
     victim = _wait(lambda: MOMENTS[moment](cluster, out), 300, moment, run, every)
