@@ -54,7 +54,7 @@ def start_id_check(
         return partial(_check_on_cluster, inputs, groups, fs, id_column, cpus)
     started = time.time()
     pool = ThreadPoolExecutor(1, thread_name_prefix="id-check")
-    verdict = pool.submit(_check_here, inputs, groups[0], fs, id_column, started)
+    verdict = pool.submit(_check_here, inputs, groups[0] if groups else [], fs, id_column, started)
     pool.shutdown(wait=False)
     return verdict.result
 
