@@ -45,12 +45,13 @@ def start_id_check(
 ) -> Callable[[], IdCheck]:
     """Begin the check; the returned call waits for its verdict (raising InputError).
 
-    An input of one share (at most about CHUNK_IDS rows) is read in a thread of the driver,
-    the very work one task would do, so it needs no Ray and overlaps Ray's start: that took
-    it off the start-up's critical path (0.4 s of a small night). A larger input is checked by
-    tasks on the cluster when the call comes, so Ray must be up by then."""
+    An input of at most CHUNK_IDS rows (one share, one partition) is read in a thread of the
+    driver, the very work one task would do, so it needs no Ray and overlaps Ray's start: that
+    took it off the start-up's critical path (0.4 s of a small night). A larger input, even a
+    single file, is checked by tasks on the cluster when the call comes, so Ray must be up by
+    then, and no process holds more than a share of its ids."""
     groups = _shares(inputs)
-    if len(groups) > 1:
+    if len(groups) > 1 or inputs.rows > CHUNK_IDS:
         return partial(_check_on_cluster, inputs, groups, fs, id_column, cpus)
     started = time.time()
     pool = ThreadPoolExecutor(1, thread_name_prefix="id-check")

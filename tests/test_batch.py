@@ -205,7 +205,8 @@ def test_repeated_or_null_ids_stop_before_any_work(ray_cluster, tiny_models, tmp
 
 def test_id_check_over_many_shares_finds_repeats_across_them(ray_cluster, tmp_path, monkeypatch):
     """Ids hashed into partitions across more tasks than the cluster has CPUs (so tasks wait
-    for a slot): a repeat between the first and the last file is found, and nothing else is."""
+    for a slot): a repeat between the first and the last file is found, and nothing else is.
+    One file with more ids than a share is split on the cluster as well."""
     import pyarrow as pa
     from pyarrow.fs import LocalFileSystem
 
@@ -214,6 +215,18 @@ def test_id_check_over_many_shares_finds_repeats_across_them(ray_cluster, tmp_pa
 
     monkeypatch.setattr(idcheck, "CHUNK_IDS", 8)
     fs = LocalFileSystem()
+    # one file of ten shares' ids is split on the cluster too (the driver checks one share only)
+    for last in (79, 42):
+        one = tmp_path / f"one-file-{last}"
+        one.mkdir()
+        pq.write_table(pa.table({"id": [*range(79), last], "text": ["x"] * 80}), one / "part-0.parquet")
+        inputs = inspect(discover(str(one), fs), fs, ["id", "text"], "fail", "id")
+        if last == 79:
+            checked = idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+            assert checked.ids == 80 and checked.tasks == 1 + 10, "one split task, ten partitions"
+        else:
+            with pytest.raises(InputError, match=r"1 ids occur more than once in column 'id' \(e.g. 42\)"):
+                idcheck.check_unique_ids(inputs, fs, "id", 0.5)
     for repeat in (None, 3):
         root = tmp_path / f"in-{repeat}"
         root.mkdir()

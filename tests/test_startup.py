@@ -46,34 +46,48 @@ for name, ids in (("clean", [[1, 2, 3], [4, 5]]), ("repeat", [[1, 2, 3], [4, 2]]
         out[name] = [checked.ids, checked.tasks]
     except InputError as exc:
         out[name] = str(exc)
+from ray.data import DataContext
+from ray.data.checkpoint import CheckpointConfig
+from pipeline.reader import done_ids
+
+ctx = DataContext.get_current().copy()
+for name in ("missing", "empty"):
+    folder = f"{sys.argv[1]}/{name}-checkpoint"
+    if name == "empty":
+        fs.create_dir(folder)
+    ctx.checkpoint_config = CheckpointConfig(id_column="id", checkpoint_path=folder, override_filesystem=fs)
+    out[f"done_ids {name}"] = done_ids(ctx, f"{sys.argv[1]}/data", fs)
 out["ray"] = ray.is_initialized()
 print(json.dumps(out))
 """
 
 
 @pytest.mark.slow
-def test_a_small_inputs_id_check_runs_in_the_driver_without_ray(tmp_path):
+def test_a_small_nights_id_check_and_first_resume_point_need_no_ray(tmp_path):
     """One share of ids (two files here) is checked where the driver is, before Ray is up, so
-    it overlaps Ray's start: the verdicts are the cluster check's, and no Ray starts for it."""
+    it overlaps Ray's start: the verdicts are the cluster check's, and no Ray starts for it.
+    A night with no checkpoint file yet has nothing written, said from one listing: Ray's
+    cleaning task, which a first night waited for, does not run."""
     code = subprocess.run(
         [sys.executable, "-c", ID_CHECK, str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"},  # were Ray asked for, it would fail
+        timeout=60,  # a few seconds; Ray asked for would wait on the closed port until then
+        env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"},
     )
     assert code.returncode == 0, code.stderr[-3000:]
     out = json.loads(code.stdout.strip().splitlines()[-1])
     assert out["clean"] == [5, 0], "five ids, no task"
     assert out["repeat"].startswith("1 ids occur more than once in column 'id' (e.g. 2)"), out
     assert out["null"].startswith("1 input rows have a null 'id'"), out
-    assert out["ray"] is False
+    assert out["done_ids missing"] is None and out["done_ids empty"] is None
+    assert out["ray"] is False, "nothing asked for Ray"
 
 
-def test_a_first_nights_resume_point_is_found_without_a_task_and_a_rerun_still_cleans(ray_cluster, tmp_path):
-    """A night with no checkpoint file yet has nothing written: `done_ids` says so from one
-    listing. Once a write left a pending checkpoint, Ray's cleaning still runs: the data file
-    of that unfinished write goes, and committed ids are what a rerun skips."""
+def test_a_rerun_after_an_unfinished_write_still_cleans_and_skips_the_committed_ids(ray_cluster, tmp_path):
+    """Once a write left a pending checkpoint, the short cut of a first night does not apply:
+    Ray's cleaning runs, the data file of that unfinished write goes, and committed ids are
+    what a rerun skips."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.fs as pafs
@@ -90,10 +104,8 @@ def test_a_first_nights_resume_point_is_found_without_a_task_and_a_rerun_still_c
     ctx.checkpoint_config = CheckpointConfig(
         id_column="id", checkpoint_path=str(checkpoint), override_filesystem=fs
     )
-    assert done_ids(ctx, str(data), fs) is None, "nothing there: nothing written"
     checkpoint.mkdir()
     data.mkdir()
-    assert done_ids(ctx, str(data), fs) is None, "an empty checkpoint folder: nothing written"
 
     pq.write_table(pa.table({"id": [7, 8]}), checkpoint / "w1.pending.parquet")
     pq.write_table(pa.table({"id": [7, 8]}), data / "w1_000000.parquet")  # that write's file
