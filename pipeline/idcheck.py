@@ -5,8 +5,8 @@ null one could not be resumed at all. Split tasks read the id column of a share 
 files and send each id to one of `parts` partitions by hash; one task per partition then
 looks for repeats. Every task holds at most about `CHUNK_IDS` ids and the driver holds
 object refs and counters only, so the check costs the same memory at any corpus size. An
-input of one share is checked by the driver itself, while Ray starts: it holds no more ids
-than a task would.
+input of at most `CHUNK_IDS` ids is checked by the driver itself, while Ray starts: it holds
+no more ids than a task would.
 """
 
 from __future__ import annotations
@@ -50,12 +50,11 @@ def start_id_check(
     took it off the start-up's critical path (0.4 s of a small night). A larger input, even a
     single file, is checked by tasks on the cluster when the call comes, so Ray must be up by
     then, and no process holds more than a share of its ids."""
-    groups = _shares(inputs)
-    if len(groups) > 1 or inputs.rows > CHUNK_IDS:
-        return partial(_check_on_cluster, inputs, groups, fs, id_column, cpus)
+    if inputs.rows > CHUNK_IDS:
+        return partial(_check_on_cluster, inputs, fs, id_column, cpus)
     started = time.time()
     pool = ThreadPoolExecutor(1, thread_name_prefix="id-check")
-    verdict = pool.submit(_check_here, inputs, groups[0] if groups else [], fs, id_column, started)
+    verdict = pool.submit(_check_here, inputs, fs, id_column, started)
     pool.shutdown(wait=False)
     return verdict.result
 
@@ -65,21 +64,18 @@ def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cp
     return start_id_check(inputs, fs, id_column, cpus)()
 
 
-def _check_here(
-    inputs: InputFiles, paths: list[str], fs: pafs.FileSystem, id_column: str, started: float
-) -> IdCheck:
-    nulls, *pieces = split_ids(paths, fs, id_column, 1)
+def _check_here(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, started: float) -> IdCheck:
+    nulls, *pieces = split_ids(list(inputs.files), fs, id_column, 1)
     _refuse_nulls(nulls, id_column)
     _refuse_repeats([find_repeats(*pieces)], id_column)
     return IdCheck(inputs.rows, time.time() - started, 0)
 
 
-def _check_on_cluster(
-    inputs: InputFiles, groups: list[list[str]], fs: pafs.FileSystem, id_column: str, cpus: float
-) -> IdCheck:
+def _check_on_cluster(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float) -> IdCheck:
     started = time.time()
     parts = max(1, min(MAX_PARTS, math.ceil(inputs.rows / CHUNK_IDS)))
     window = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    groups = _shares(inputs)
     split = _split.options(num_cpus=cpus, num_returns=parts + 1, scheduling_strategy="SPREAD")
     shares = _windowed([partial(split.remote, paths, fs, id_column, parts) for paths in groups], window)
     _refuse_nulls(sum(ray.get([share[0] for share in shares])), id_column)
