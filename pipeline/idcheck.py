@@ -43,7 +43,8 @@ class IdCheck:
 def start_id_check(
     inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float
 ) -> Callable[[], IdCheck]:
-    """Begin the check; the returned call waits for its verdict (raising InputError).
+    """Begin the check; the returned call waits for its verdict: InputError naming some
+    repeated ids (or counting null ones), else what the check cost.
 
     An input of at most CHUNK_IDS rows (one share, one partition) is read in a thread of the
     driver, the very work one task would do, so it needs no Ray and overlaps Ray's start: that
@@ -57,11 +58,6 @@ def start_id_check(
     verdict = pool.submit(_check_here, inputs, fs, id_column, started)
     pool.shutdown(wait=False)
     return verdict.result
-
-
-def check_unique_ids(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, cpus: float) -> IdCheck:
-    """Raise InputError naming some repeated ids (or counting null ones); else say what it cost."""
-    return start_id_check(inputs, fs, id_column, cpus)()
 
 
 def _check_here(inputs: InputFiles, fs: pafs.FileSystem, id_column: str, started: float) -> IdCheck:

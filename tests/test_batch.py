@@ -222,11 +222,11 @@ def test_id_check_over_many_shares_finds_repeats_across_them(ray_cluster, tmp_pa
         pq.write_table(pa.table({"id": [*range(79), last], "text": ["x"] * 80}), one / "part-0.parquet")
         inputs = inspect(discover(str(one), fs), fs, ["id", "text"], "fail", "id")
         if last == 79:
-            checked = idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+            checked = idcheck.start_id_check(inputs, fs, "id", 0.5)()
             assert checked.ids == 80 and checked.tasks == 1 + 10, "one split task, ten partitions"
         else:
             with pytest.raises(InputError, match=r"1 ids occur more than once in column 'id' \(e.g. 42\)"):
-                idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+                idcheck.start_id_check(inputs, fs, "id", 0.5)()
     for repeat in (None, 3):
         root = tmp_path / f"in-{repeat}"
         root.mkdir()
@@ -237,11 +237,11 @@ def test_id_check_over_many_shares_finds_repeats_across_them(ray_cluster, tmp_pa
             pq.write_table(pa.table({"id": ids, "text": ["x"] * 8}), root / f"part-{k}.parquet")
         inputs = inspect(discover(str(root), fs), fs, ["id", "text"], "fail", "id")
         if repeat is None:
-            checked = idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+            checked = idcheck.start_id_check(inputs, fs, "id", 0.5)()
             assert checked.ids == 80 and checked.tasks == 10 + 10, checked
         else:
             with pytest.raises(InputError, match=r"1 ids occur more than once in column 'id' \(e.g. 3\)"):
-                idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+                idcheck.start_id_check(inputs, fs, "id", 0.5)()
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ for name, ids in (("clean", [[1, 2, 3], [4, 5]]), ("repeat", [[1, 2, 3], [4, 2]]
         pq.write_table(pa.table({"id": pa.array(part, pa.int64()), "text": ["x"] * len(part)}), f"{root}/{k}.parquet")
     inputs = inspect(discover(root, fs), fs, ["id", "text"], "fail", "id")
     try:
-        checked = idcheck.check_unique_ids(inputs, fs, "id", 0.5)
+        checked = idcheck.start_id_check(inputs, fs, "id", 0.5)()
         out[name] = [checked.ids, checked.tasks]
     except InputError as exc:
         out[name] = str(exc)
