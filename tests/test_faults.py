@@ -276,10 +276,12 @@ def test_lost_inference_nodes_the_job_moves_on_then_fails_clearly_and_resumes(
     _wait(lambda: _staged(out) >= 1, 300, "output to be staged", run)
     first = _actor_raylet(cluster)
     os.kill(first, signal.SIGKILL)  # the whole node: raylet, object store, its workers
+    # a write already under way on the other node can stage a file before the actor is back:
+    # the night goes on only once the restarted actor stages more
+    second = _wait(lambda: _raylet_running(cluster, _inference), 300, "the actor to restart", run)
+    assert second != first, "the actor moved to the other inference node"
     staged = _staged(out)
     _wait(lambda: _staged(out) > staged, 300, "the night to go on without that node", run)
-    second = _actor_raylet(cluster)
-    assert second != first, "the actor moved to the other inference node"
     os.kill(second, signal.SIGKILL)  # now no alive node has the `infer` resource (nor a CPU)
     assert run.wait(timeout=300) == 1, (tmp_path / "run.log").read_text()[-4000:]
     log = (tmp_path / "run.log").read_text()
