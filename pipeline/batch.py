@@ -29,7 +29,7 @@ from pipeline.reader import DoneIds, FilteredByReader, done_ids
 from pipeline.row_errors import ErrorBudgetExceeded, ErrorCounts, listed, over_budget
 from pipeline.startup import Phases
 from pipeline.storage import StorageError, arrow_filesystem, error_chain, is_transient
-from pipeline.tally import DTYPE_KEY, MODEL_KEY
+from pipeline.tally import DTYPE_KEY, MODEL_KEY, UNTUNED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +355,8 @@ def _report(cfg, meta, inputs, counts, in_path, out_path, wall, resumed) -> dict
         "cpu_fallback_actors": int(counts.get("cpu_fallback_actors", 0)),
         "oom_splits": int(counts.get("oom_splits", 0)),
         "model_dtypes": model_dtypes(counts),
+        # models that ran dtype auto's unmeasured default on some actor's CPU (no tune verdict)
+        "untuned_models": sorted(k[len(UNTUNED_KEY) :] for k in counts if k.startswith(UNTUNED_KEY)),
         "per_model": per_model(counts),
         "wall_s": round(wall, 2),
         "docs_per_s": round(docs / wall, 2) if wall > 0 else None,
@@ -428,6 +430,12 @@ def summary(report: dict[str, Any]) -> str:
             "  warning: models ran in more than one dtype on different actors: "
             + ", ".join(f"{task} {'/'.join(d)}" for task, d in mixed.items())
             + " (dtype auto follows each CPU model's tuned verdict: set runtime.engine and runtime.dtype outright for one)"
+        )
+    if report.get("untuned_models"):
+        lines.append(
+            f"  untuned: {', '.join(report['untuned_models'])} ran dtype auto's unmeasured default; "
+            "`pipeline models tune CONFIG` measures this CPU's variants once, and auto then runs "
+            "the fastest that holds the quality gate"
         )
     if report.get("oom_splits"):
         lines.append(

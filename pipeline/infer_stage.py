@@ -26,7 +26,7 @@ from pipeline.infer import InferenceEngine
 from pipeline.revisions import check_revisions
 from pipeline.stages import light_engine, with_inferred
 from pipeline.startup import process_started_at
-from pipeline.tally import DTYPE_KEY, MODEL_KEY, report
+from pipeline.tally import DTYPE_KEY, MODEL_KEY, UNTUNED_KEY, report
 
 log = logging.getLogger(__name__)
 BACKPRESSURE_WAIT_S = 600  # a nightly job waits out a busy day-time peak this long, then fails
@@ -77,6 +77,7 @@ class InferActor:
         # what each model runs in on this actor (dtype auto may differ between nodes), and when
         # the first actor's process started and was ready (the run report's start-up phases)
         ran = {f"{DTYPE_KEY}{name}:{lm.runs_as}": 1 for name, lm in self.models.items()}
+        ran |= {f"{UNTUNED_KEY}{name}": 1 for name, lm in self.models.items() if lm.untuned}
         moments = {"first_actor_process_at": process_started_at(), "first_actor_init_at": entered}
         report(tally, ran | moments | {"first_actor_ready_at": time.time()})
         log.info(

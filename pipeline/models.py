@@ -58,6 +58,9 @@ class LoadedModel:
     model: Any = None  # None when loaded without weights (encode/decode workers)
     dtype: str | None = None  # what the weights run in: fp32, bf16, fp16, int8; None without weights
     engine: str | None = None  # torch or onnxruntime; None without weights
+    # dtype auto on a CPU with no tune verdict for this revision and CPU model, where tuning has
+    # a variant to try: it runs the unmeasured default (reports suggest `pipeline models tune`)
+    untuned: bool = False
 
     @property
     def runs_as(self) -> str | None:
@@ -385,7 +388,14 @@ def load_model(
     if not weights:
         return loaded
     device = device or _cpu()
-    engine, dtype = choose_variant(runtime or RuntimeConfig(), device, loaded, cache_dir)
+    engine, dtype, loaded.untuned = choose_variant(runtime or RuntimeConfig(), device, loaded, cache_dir)
+    if loaded.untuned:
+        log.info(
+            "%s runs %s %s untuned: `pipeline models tune CONFIG` measures the variants this CPU can run",
+            name,
+            engine,
+            dtype,
+        )
     if engine == "onnxruntime":
         from pipeline.ort_engine import ort_model
 
@@ -475,20 +485,22 @@ def _cpu() -> torch.device:
 
 def choose_variant(
     runtime: RuntimeConfig, device: torch.device, loaded: LoadedModel, cache_dir: Path
-) -> tuple[str, str]:
-    """(engine, dtype) for one model. An explicit engine or dtype wins; `dtype: auto` on a CPU
-    follows the verdict `pipeline models tune` measured for this revision on this CPU model,
-    and without one runs torch in the float dtype the CPU is fast at."""
+) -> tuple[str, str, bool]:
+    """(engine, dtype, untuned) for one model. An explicit engine or dtype wins; `dtype: auto`
+    on a CPU follows the verdict `pipeline models tune` measured for this revision on this CPU
+    model, and without one runs torch in the float dtype the CPU is fast at. `untuned`: that
+    default ran where tuning has another variant to try (ONNX Runtime, or native bf16's gate)."""
     from pipeline import ort_engine
 
     engine: str = runtime.engine
     dtype: str = runtime.dtype
+    untuned = False
     if device.type != "cpu":
         if engine == "onnxruntime" or dtype == "int8":
             raise ModelLoadError(
                 f"the onnxruntime engine and int8 run on CPU only; use engine torch, dtype fp16 (or auto) on {device.type}"
             )
-        return "torch", dtype_name(choose_dtype(runtime, device))
+        return "torch", dtype_name(choose_dtype(runtime, device)), untuned
     if dtype == "auto":
         verdict = ort_engine.read_verdict(loaded.cache_name, loaded.revision, cache_dir, cpu_name())
         picks = (verdict or {}).get("best_by_engine", {})
@@ -496,13 +508,16 @@ def choose_variant(
         if pick and not (pick["dtype"] == "bf16" and not cpu_has_fast_bf16()):  # emulated here after all
             engine, dtype = pick["engine"], pick["dtype"]
         else:
+            untuned = (engine != "torch" and ort_engine.available()) or (
+                engine != "onnxruntime" and cpu_has_fast_bf16()
+            )
             engine = "torch" if engine == "auto" else engine
             dtype = "fp32" if engine == "onnxruntime" else dtype_name(choose_dtype(runtime, device))
     elif engine == "auto":
         engine = "onnxruntime" if dtype == "int8" else "torch"
     if engine == "onnxruntime" and not ort_engine.available():
         raise ModelLoadError(ort_engine.INSTALL_HINT)
-    return engine, dtype
+    return engine, dtype, untuned
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -15,6 +15,7 @@ import ray
 MAX_NOTES = 100
 DTYPE_KEY = "actor_dtype:"  # counters "actor_dtype:<model>:<dtype>": inference actors that ran it
 MODEL_KEY = "model:"  # counters "model:<model>:<windows|tokens|forward_s>": each model's own work
+UNTUNED_KEY = "untuned:"  # counters "untuned:<model>": actors that ran it untuned (no verdict)
 
 
 @ray.remote(num_cpus=0)

@@ -38,6 +38,7 @@ def test_batch_output_equals_in_process_and_keeps_every_column(ray_cluster, tiny
     assert 0.3 < report["padding_efficiency"] <= 1 and report["windows"] >= len(ids)
     assert 0 < report["startup_s"] < report["wall_s"]  # when the model got its first batch
     assert report["model_dtypes"] == {"classifier": ["fp32"], "ner": ["fp32"]}
+    assert report["untuned_models"] == [], "an explicit dtype is no untuned default"
 
     rows = read_output(night)
     assert _ids(rows) == sorted(ids), "every id exactly once"

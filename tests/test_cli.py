@@ -11,6 +11,9 @@ import pytest
 import yaml
 from conftest import tiny_config
 
+from pipeline import ort_engine
+from pipeline.models import cpu_has_fast_bf16
+
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -95,10 +98,15 @@ def test_run_from_another_directory_resolves_paths_against_the_config(ray_cluste
     elsewhere.mkdir()
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(project / "conf" / "night.yaml")]
     cmd += ["--date", "2026-11-28", "--address", ray_cluster.address, "--show", "0"]
+    cmd += ["--set", "runtime.dtype=auto"]  # with no tune verdict in the project's cache
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=elsewhere)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     night = project / "out" / "dt=2026-11-28"
     assert (night / "_SUCCESS").exists() and not list(elsewhere.iterdir())
     assert pq.read_table(night).num_rows == 30
+    # auto ran its unmeasured default where tuning has a variant to try: the summary says how to tune
+    tunable = ort_engine.available() or cpu_has_fast_bf16()
+    said = "untuned: classifier, ner ran dtype auto's unmeasured default" in out.stdout + out.stderr
+    assert said == tunable and ("pipeline models tune CONFIG" in out.stdout + out.stderr) == tunable
     # Our own concise lines, not Ray Data's per-operator progress blocks.
     assert "Operator" not in out.stdout and "Running Dataset" not in out.stdout + out.stderr, out.stdout

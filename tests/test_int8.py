@@ -105,6 +105,8 @@ def test_auto_runs_what_this_cpus_verdict_chose(tiny_models, tmp_path):
 
     floats = auto()
     assert set(floats.values()) <= {"fp32", "bf16"}, "no verdict: auto runs torch, never guesses"
+    untuned = {t: lm.untuned for t, lm in load_models(_cfg(tiny_models, tmp_path, "auto")).items()}
+    assert untuned == {"classifier": True, "ner": True}, "ONNX Runtime is there to try"
     assert set(auto("onnxruntime").values()) == {"ort-fp32"}, "no verdict on that engine: its fp32"
     revisions = {
         t: lm.revision for t, lm in load_models(_cfg(tiny_models, tmp_path, "fp32"), weights=False).items()
@@ -127,8 +129,11 @@ def test_auto_runs_what_this_cpus_verdict_chose(tiny_models, tmp_path):
     )
     assert auto("onnxruntime")["ner"] == "ort-int8"
     assert auto("torch")["ner"] == "fp32"
-    # an explicit dtype wins over any verdict
-    assert {lm.runs_as for lm in load_models(_cfg(tiny_models, tmp_path, "fp32")).values()} == {"fp32"}
+    untuned = {t: lm.untuned for t, lm in load_models(_cfg(tiny_models, tmp_path, "auto")).items()}
+    assert untuned == {"classifier": True, "ner": False}, "the model with a verdict is tuned"
+    # an explicit dtype wins over any verdict, and is never called untuned
+    explicit = load_models(_cfg(tiny_models, tmp_path, "fp32")).values()
+    assert {lm.runs_as for lm in explicit} == {"fp32"} and not any(lm.untuned for lm in explicit)
 
 
 def test_int8_on_a_gpu_is_refused(tiny_models, tmp_path, monkeypatch):
@@ -145,7 +150,10 @@ def test_int8_without_onnxruntime_is_one_clear_error(tiny_models, tmp_path, monk
         load_models(_cfg(tiny_models, tmp_path))
     with pytest.raises(ModelLoadError, match=r"pip install -e '\.\[int8\]'"):
         load_models(_cfg(tiny_models, tmp_path, "fp32", runtime__engine="onnxruntime"))
-    assert {lm.engine for lm in load_models(_cfg(tiny_models, tmp_path, "auto")).values()} == {"torch"}
+    plain = load_models(_cfg(tiny_models, tmp_path, "auto")).values()
+    assert {lm.engine for lm in plain} == {"torch"}
+    # without ONNX Runtime, tuning has something to try only where bf16 is native (its gate)
+    assert {lm.untuned for lm in plain} == {models.cpu_has_fast_bf16()}
 
 
 @pytest.mark.slow  # builds ONNX models
@@ -221,6 +229,10 @@ def test_a_night_whose_nodes_chose_different_dtypes_says_so():
     assert "ner fp32/int8" in text and "classifier" not in text.split("warning")[1]
     report["model_dtypes"] = batch.model_dtypes({"actor_dtype:ner:int8": 3})
     assert "warning" not in batch.summary(report)
+    assert "untuned" not in batch.summary(report) and "models tune" not in batch.summary(report)
+    report["untuned_models"] = ["ner"]
+    assert "untuned: ner ran dtype auto's unmeasured default" in batch.summary(report)
+    assert "`pipeline models tune CONFIG`" in batch.summary(report)
 
 
 def test_tune_choice_beats_torch_fp32_and_each_engine_its_own_fp32():
