@@ -20,6 +20,7 @@ one copy and never redo it on start.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -48,12 +49,9 @@ class OrtUnavailable(RuntimeError):
 
 
 def available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the int8 extra is installed, without importing it: a torch actor that only asks
+    (dtype auto with no verdict) pays no onnx/onnxruntime import on its way to the first batch."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
 def _version(dist: str) -> str:
